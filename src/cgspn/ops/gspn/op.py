@@ -1,0 +1,147 @@
+"""``torch.library`` registration of the fused kernels: custom ops with fake and autograd rules.
+
+Registered as ``cgspn::gspn2d_fwd`` / ``cgspn::gspn2d_bwd`` and ``cgspn::line_scan_fwd`` /
+``cgspn::line_scan_bwd`` so that ``torch.compile(fullgraph=True)`` traces models using them
+(the op is one node in the graph, not a graph break) and ``torch.library.opcheck`` passes.
+``chunk`` is passed as an int, 0 meaning global lines.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import triton_backend as TB
+
+__all__ = ["gspn2d_triton", "line_scan_triton"]
+
+
+def _chunk(c: int) -> int | None:
+    return None if c <= 0 else c
+
+
+# ----------------------------------------------------------------------------- gspn2d
+@torch.library.custom_op("cgspn::gspn2d_fwd", mutates_args=())
+def _gspn2d_fwd(
+    x: torch.Tensor, lam: torch.Tensor, gate_logits: torch.Tensor, u: Optional[torch.Tensor], chunk: int, save_h: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    y, h = TB.gspn2d_fwd_triton(x, lam, gate_logits, u, _chunk(chunk), save_h)
+    if h is None:
+        h = y.new_empty(0)
+    return y, h
+
+
+@_gspn2d_fwd.register_fake
+def _(x, lam, gate_logits, u, chunk, save_h):
+    y = lam.new_empty(lam.shape, dtype=x.dtype)
+    h = lam.new_empty(lam.shape, dtype=x.dtype) if (save_h and u is not None) else y.new_empty(0)
+    return y, h
+
+
+@torch.library.custom_op("cgspn::gspn2d_bwd", mutates_args=())
+def _gspn2d_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    gate_logits: torch.Tensor,
+    u: Optional[torch.Tensor],
+    h: torch.Tensor,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dlam, dz, du = TB.gspn2d_bwd_triton(dy, x, lam, gate_logits, u, h, _chunk(chunk))
+    if du is None:
+        du = dy.new_empty(0)
+    return dx, dlam, dz, du
+
+
+@_gspn2d_bwd.register_fake
+def _(dy, x, lam, gate_logits, u, h, chunk):
+    du = torch.empty_like(u) if u is not None else dy.new_empty(0)
+    return torch.empty_like(x), torch.empty_like(lam), torch.empty_like(gate_logits), du
+
+
+def _gspn2d_setup(ctx, inputs, output):
+    x, lam, z, u, chunk, save_h = inputs
+    y, h = output
+    ctx.chunk = chunk
+    ctx.has_u = u is not None
+    state = h if u is not None else y
+    ctx.save_for_backward(x, lam, z, u, state)
+
+
+def _gspn2d_backward(ctx, dy, _dh):
+    x, lam, z, u, state = ctx.saved_tensors
+    if ctx.has_u and state.numel() == 0 and x.numel() > 0:
+        raise RuntimeError("gspn2d: the forward ran without saving its state (save_h=False); cannot backpropagate")
+    dx, dlam, dz, du = _gspn2d_bwd(dy, x, lam, z, u, state, ctx.chunk)
+    return dx, dlam, dz, (du if ctx.has_u else None), None, None
+
+
+_gspn2d_fwd.register_autograd(_gspn2d_backward, setup_context=_gspn2d_setup)
+
+
+def gspn2d_triton(
+    x: torch.Tensor, lam: torch.Tensor, gate_logits: torch.Tensor, u: torch.Tensor | None, chunk: int | None
+) -> torch.Tensor:
+    """Fused-kernel gspn2d on validated inputs (see :func:`cgspn.ops.gspn2d`)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, lam, gate_logits, u)
+    )
+    y, _ = _gspn2d_fwd(x, lam, gate_logits, u, chunk or 0, needs_grad)
+    return y
+
+
+# ----------------------------------------------------------------------------- line_scan
+@torch.library.custom_op("cgspn::line_scan_fwd", mutates_args=())
+def _line_scan_fwd(
+    x: torch.Tensor, lam: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, g3: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    return TB.line_scan_fwd_triton(x, lam, g1, g2, g3, _chunk(chunk))
+
+
+@_line_scan_fwd.register_fake
+def _(x, lam, g1, g2, g3, chunk):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("cgspn::line_scan_bwd", mutates_args=())
+def _line_scan_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    g1: torch.Tensor,
+    g2: torch.Tensor,
+    g3: torch.Tensor,
+    h: torch.Tensor,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # the three gate gradients come back stacked (3, N, C, H, W): one buffer, no aliasing outputs
+    return TB.line_scan_bwd_triton(dy, x, lam, g1, g2, g3, h, _chunk(chunk))
+
+
+@_line_scan_bwd.register_fake
+def _(dy, x, lam, g1, g2, g3, h, chunk):
+    return torch.empty_like(x), torch.empty_like(lam), g1.new_empty((3,) + tuple(g1.shape))
+
+
+def _line_scan_setup(ctx, inputs, output):
+    x, lam, g1, g2, g3, chunk = inputs
+    ctx.chunk = chunk
+    ctx.save_for_backward(x, lam, g1, g2, g3, output)
+
+
+def _line_scan_backward(ctx, dy):
+    x, lam, g1, g2, g3, h = ctx.saved_tensors
+    dx, dlam, dg = _line_scan_bwd(dy, x, lam, g1, g2, g3, h, ctx.chunk)
+    return dx, dlam, dg[0], dg[1], dg[2], None
+
+
+_line_scan_fwd.register_autograd(_line_scan_backward, setup_context=_line_scan_setup)
+
+
+def line_scan_triton(
+    x: torch.Tensor, lam: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, g3: torch.Tensor, chunk: int | None
+) -> torch.Tensor:
+    """Fused-kernel line_scan on validated inputs (see :func:`cgspn.ops.line_scan`)."""
+    return _line_scan_fwd(x, lam, g1, g2, g3, chunk or 0)

@@ -1,0 +1,222 @@
+"""Launchers of the fused Triton kernels: layouts, strides, launch configuration.
+
+Everything here works on already-validated tensors; the public API lives in ``cgspn.ops``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import triton_kernels as K
+
+__all__ = [
+    "LaunchConfig",
+    "forward_config",
+    "backward_config",
+    "gspn2d_fwd_triton",
+    "gspn2d_bwd_triton",
+    "line_scan_fwd_triton",
+    "line_scan_bwd_triton",
+]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile and launch shape of one kernel call.
+
+    block_l: line positions per program (power of 2 >= the longest line);
+    block_c: channels per program; num_warps: warps per program;
+    prefetch: issue the next line's loads before the current line's math.
+    """
+
+    block_l: int
+    block_c: int
+    num_warps: int
+    prefetch: bool = True
+
+
+# Tuned on the H200 (see docs/benchmarks.md): a tile of ~4k fp32 state values per program keeps
+# the state in registers without spilling; below that, more programs hide more latency.
+_TILE_ELEMS = int(os.environ.get("CGSPN_TILE_ELEMS", "4096"))
+
+
+def forward_config(L: int, C: int, override: LaunchConfig | None = None) -> LaunchConfig:
+    """Pick the forward tile for lines of length L and C channels."""
+    if override is not None:
+        return override
+    bl = _next_pow2(L)
+    bc = max(1, min(_next_pow2(C), _TILE_ELEMS // bl))
+    elems = bl * bc
+    warps = 8 if elems >= 4096 else 4 if elems >= 1024 else 2 if elems >= 256 else 1
+    return LaunchConfig(bl, bc, warps, True)
+
+
+def backward_config(L: int, C: int, GS: int, override: LaunchConfig | None = None) -> tuple[LaunchConfig, int]:
+    """Pick the backward tile and the gate-gradient reduction mode.
+
+    Returns (config, group_mode): 0 = one gate per channel, 1 = the group (GS channels, a power
+    of two) is summed inside a channel block, 2 = per-channel scratch reduced by the caller.
+    """
+    cfg = override or forward_config(L, C)
+    if GS == 1:
+        return cfg, 0
+    pow2 = GS & (GS - 1) == 0
+    if pow2 and GS <= max(cfg.block_c, 256):
+        bc = max(cfg.block_c, GS)
+        elems = cfg.block_l * bc
+        warps = max(cfg.num_warps, 8 if elems >= 4096 else cfg.num_warps)
+        return LaunchConfig(cfg.block_l, bc, warps, cfg.prefetch), 1
+    return cfg, 2
+
+
+def _grid(B: int, ndir: int, C: int, bc: int, S_max: int, chunk: int | None):
+    ncb = triton_cdiv(C, bc)
+    ck = S_max if chunk is None else min(chunk, S_max)
+    nchunk = triton_cdiv(S_max, ck)
+    return ncb, ck, nchunk, (B * ndir * ncb * nchunk,)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def gspn2d_fwd_triton(
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    z: torch.Tensor,
+    u: torch.Tensor | None,
+    chunk: int | None,
+    save_h: bool,
+    config: LaunchConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x (B,H,W,C), lam/u (B,H,W,4,C), z (B,H,W,4,3,G) -> y (B,H,W,4,C)[, h (B,H,W,4,C)]."""
+    x, lam, z = x.contiguous(), lam.contiguous(), z.contiguous()
+    u = u.contiguous() if u is not None else None
+    B, H, W, C = x.shape
+    G = z.shape[-1]
+    y = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
+    hs = torch.empty(lam.shape, dtype=x.dtype, device=x.device) if (save_h and u is not None) else None
+    if y.numel() == 0:
+        return y, hs
+    cfg = forward_config(max(H, W), C, config)
+    ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
+    z1, z2, z3 = z[..., 0, :], z[..., 1, :], z[..., 2, :]
+    K.gspn_fwd_kernel[grid](
+        x, lam, z1, z2, z3, u if u is not None else y, y, hs if hs is not None else y,
+        H, W, C, C // G, ck, nchunk, ncb,
+        *x.stride(),
+        *y.stride(),
+        z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
+        NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None,
+        PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )
+    return y, hs
+
+
+def gspn2d_bwd_triton(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    z: torch.Tensor,
+    u: torch.Tensor | None,
+    h: torch.Tensor,
+    chunk: int | None,
+    config: LaunchConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients (dx, dlam, dz, du) of gspn2d; h is the forward state (B,H,W,4,C)."""
+    dy = dy.contiguous()
+    x, lam, z, h = x.contiguous(), lam.contiguous(), z.contiguous(), h.contiguous()
+    u = u.contiguous() if u is not None else None
+    B, H, W, C = x.shape
+    G = z.shape[-1]
+    GS = C // G
+    dxd = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
+    dlam = torch.empty_like(lam)
+    du = torch.empty_like(u) if u is not None else None
+    if dxd.numel() == 0:
+        return x.new_zeros(x.shape), torch.zeros_like(lam), torch.zeros_like(z), (torch.zeros_like(u) if u is not None else None)
+    cfg, mode = backward_config(max(H, W), C, GS, config)
+    if mode == 2:
+        dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
+    else:
+        dz_buf = torch.empty_like(z)
+    ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
+    z1, z2, z3 = z[..., 0, :], z[..., 1, :], z[..., 2, :]
+    K.gspn_bwd_kernel[grid](
+        x, lam, z1, z2, z3, u if u is not None else dy, h, dy,
+        dxd, dlam, du if du is not None else dlam, dz_buf,
+        H, W, C, GS, ck, nchunk, ncb,
+        *x.stride(),
+        *dy.stride(),
+        z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
+        dz_buf.stride(0), dz_buf.stride(1), dz_buf.stride(2), dz_buf.stride(3), dz_buf.stride(4), dz_buf.stride(5),
+        NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode, GSB=GS if mode == 1 else 1,
+        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )
+    dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
+    if mode == 2:
+        dz = dz_buf.view(B, H, W, 4, 3, G, GS).sum(-1).to(z.dtype)
+    else:
+        dz = dz_buf
+    return dx, dlam, dz, du
+
+
+def line_scan_fwd_triton(
+    x: torch.Tensor, lam: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, g3: torch.Tensor,
+    chunk: int | None, config: LaunchConfig | None = None,
+) -> torch.Tensor:
+    """(N, C, H, W) tensors, normalised gates -> h (N, C, H, W). Lines are columns, scan along W."""
+    x, lam, g1, g2, g3 = (t.contiguous() for t in (x, lam, g1, g2, g3))
+    N, C, H, W = x.shape
+    y = torch.empty_like(x)
+    if y.numel() == 0:
+        return y
+    cfg = forward_config(H, C, config)
+    ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
+    sn, sc, sh, sw = x.stride()
+    K.gspn_fwd_kernel[grid](
+        x, lam, g1, g2, g3, y, y, y,
+        H, W, C, 1, ck, nchunk, ncb,
+        sn, sh, sw, sc,
+        sn, sh, sw, 0, sc,
+        sn, sh, sw, 0, sc,
+        NDIR=1, NORM=False, HAS_U=False, SAVE_H=False,
+        PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )
+    return y
+
+
+def line_scan_bwd_triton(
+    dy: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, g3: torch.Tensor,
+    h: torch.Tensor, chunk: int | None, config: LaunchConfig | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients (dx, dlam, dg) of line_scan, dg = the three gate gradients stacked (3, N, C, H, W)."""
+    dy, x, lam, g1, g2, g3, h = (t.contiguous() for t in (dy, x, lam, g1, g2, g3, h))
+    N, C, H, W = x.shape
+    dx = torch.empty_like(x)
+    dlam = torch.empty_like(lam)
+    dg = torch.empty((3,) + tuple(x.shape), dtype=g1.dtype, device=x.device)
+    if dx.numel() == 0:
+        return dx.zero_(), dlam.zero_(), dg.zero_()
+    cfg, _ = backward_config(H, C, 1, config)
+    ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
+    sn, sc, sh, sw = x.stride()
+    K.gspn_bwd_kernel[grid](
+        x, lam, g1, g2, g3, dy, h, dy,
+        dx, dlam, dlam, dg,
+        H, W, C, 1, ck, nchunk, ncb,
+        sn, sh, sw, sc,
+        sn, sh, sw, 0, sc,
+        sn, sh, sw, 0, sc,
+        sn, sh, sw, 0, dg.stride(0), sc,
+        NDIR=1, NORM=False, HAS_U=False, GROUP_MODE=0, GSB=1,
+        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )
+    return dx, dlam, dg

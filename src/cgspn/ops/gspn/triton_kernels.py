@@ -1,0 +1,287 @@
+"""Fused Triton kernels of the GSPN line scan: one launch forward, one launch backward.
+
+Design (see docs/design.md for the derivation):
+
+* One program owns one *window* of one direction for one (batch, channel block): a register tile
+  ``[BLOCK_L, BLOCK_C]`` holding the fp32 state of a whole line (L positions x BLOCK_C channels),
+  advanced one line per step along the scan axis. The grid is
+  ``batch x directions x channel blocks x windows``, all in one launch.
+* Directions are index arithmetic on the original channels-last grid: direction d picks which grid
+  axis is the line and which the scan, and whether the scan runs backwards. Nothing is flipped,
+  transposed or copied.
+* The tridiagonal coupling (neighbours i-1 and i+1 of the previous line) is a register shift done
+  with ``tl.gather`` along the line axis.
+* Gate normalisation (sigmoid, sum over the neighbours that exist, divide) is computed in
+  registers from the raw logits; the backward recomputes it and applies its Jacobian.
+* Loads of step t+1 are issued before the math of step t (software prefetch) so that the serial
+  chain per step is only arithmetic and the shift.
+* The backward is the same walk in reverse with transposed, shifted gates. It is deterministic
+  (no atomics) and never writes into the incoming gradient. The gradient of ``x`` is written per
+  direction (x is shared by the 4 directions) and summed by the caller; gate-logit gradients are
+  reduced over a channel group inside the program when the group fits in the channel block.
+
+The same kernels serve ``line_scan`` (NCHW, already-normalised gates, one direction) through
+strides and the ``NORM``/``NDIR`` constexprs.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR: tl.constexpr):
+    """Decode a program id into (b, d, cb, lines-are-columns, reverse, L, S, start, n)."""
+    k = pid % NCHUNK
+    rest = pid // NCHUNK
+    cb = rest % NCB
+    rest = rest // NCB
+    d = rest % NDIR
+    b = rest // NDIR
+    is_col = d < 2  # lines are columns (line axis = rows, scan axis = columns)
+    rev = (d % 2) == 1
+    L = tl.where(is_col, H, W)
+    S = tl.where(is_col, W, H)
+    start = k * CHUNK
+    end = tl.minimum(start + CHUNK, S)
+    n = end - start
+    return b, d, cb, is_col, rev, L, S, start, n
+
+
+@triton.jit
+def _shift_prev(v, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[i] = v[i-1] (out[0] = 0) along axis 0 of a [BLOCK_L, BLOCK_C] tile."""
+    src = tl.maximum(idx - 1, 0)
+    g = tl.gather(v, tl.broadcast_to(src[:, None], [BLOCK_L, BLOCK_C]), 0)
+    return tl.where((idx > 0)[:, None], g, 0.0)
+
+
+@triton.jit
+def _shift_next(v, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[i] = v[i+1] (out[BLOCK_L-1] = 0) along axis 0 of a [BLOCK_L, BLOCK_C] tile."""
+    src = tl.minimum(idx + 1, BLOCK_L - 1)
+    g = tl.gather(v, tl.broadcast_to(src[:, None], [BLOCK_L, BLOCK_C]), 0)
+    return tl.where((idx < BLOCK_L - 1)[:, None], g, 0.0)
+
+
+@triton.jit
+def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
+    """Normalised gates (g1, g2, g3) and the sigmoid values / sum needed by the backward."""
+    if NORM:
+        s1 = tl.sigmoid(z1)
+        s2 = tl.sigmoid(z2)
+        s3 = tl.sigmoid(z3)
+        s1 = tl.where(has_prev, s1, 0.0)
+        s2 = tl.where(row_ok, s2, 0.0)
+        s3 = tl.where(has_next, s3, 0.0)
+        ssum = tl.maximum(s1 + s2 + s3, 1e-7)
+        inv = 1.0 / ssum
+        return s1 * inv, s2 * inv, s3 * inv, s1, s2, s3, inv
+    else:
+        return z1, z2, z3, z1, z2, z3, z1
+
+
+@triton.jit
+def gspn_fwd_kernel(
+    X, LAM, Z1, Z2, Z3, U, Y, HS,
+    H, W, C, GS, CHUNK, NCHUNK, NCB,
+    sxb, sxr, sxc, sxch,
+    spb, spr, spc, spd, spch,
+    szb, szr, szc, szd, szg,
+    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Forward scan. x: X[b, r, c, ch]; per-direction tensors P[b, r, c, d, ch]; logits Zk[b, r, c, d, g].
+
+    Writes Y = u * h (or h) in Y's dtype and, if SAVE_H, the state h to HS (same strides as Y).
+    """
+    pid = tl.program_id(0)
+    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
+    if n <= 0:
+        return
+    b64 = b.to(tl.int64)
+    x_line = tl.where(is_col, sxr, sxc)
+    x_scan = tl.where(is_col, sxc, sxr)
+    p_line = tl.where(is_col, spr, spc)
+    p_scan = tl.where(is_col, spc, spr)
+    z_line = tl.where(is_col, szr, szc)
+    z_scan = tl.where(is_col, szc, szr)
+
+    idx = tl.arange(0, BLOCK_L)
+    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok1 = idx < L
+    mask = row_ok1[:, None] & (ch < C)[None, :]
+    row_ok = tl.broadcast_to(row_ok1[:, None], [BLOCK_L, BLOCK_C])
+    has_prev = tl.broadcast_to(((idx > 0) & row_ok1)[:, None], [BLOCK_L, BLOCK_C])
+    has_next = tl.broadcast_to((idx < L - 1)[:, None], [BLOCK_L, BLOCK_C])
+
+    x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
+    p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
+    z_off = b64 * szb + idx[:, None] * z_line + (ch // GS)[None, :] * szg + d * szd
+
+    h = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
+    # step 0 loads
+    pos = tl.where(rev, start + n - 1, start)
+    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
+    lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
+    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=mask, other=0.0)
+    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=mask, other=0.0)
+    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=mask, other=0.0)
+    if HAS_U:
+        uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
+    for t in range(0, n):
+        pos = tl.where(rev, start + n - 1 - t, start + t)
+        if PREFETCH:
+            posn = tl.where(rev, pos - 1, pos + 1)
+            mn = mask & (t + 1 < n)
+            xn = tl.load(x_base + posn * x_scan, mask=mn, other=0.0)
+            ln = tl.load(LAM + p_off + posn * p_scan, mask=mn, other=0.0)
+            z1n = tl.load(Z1 + z_off + posn * z_scan, mask=mn, other=0.0)
+            z2n = tl.load(Z2 + z_off + posn * z_scan, mask=mn, other=0.0)
+            z3n = tl.load(Z3 + z_off + posn * z_scan, mask=mn, other=0.0)
+            if HAS_U:
+                un = tl.load(U + p_off + posn * p_scan, mask=mn, other=0.0)
+        else:
+            xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
+            lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
+            z1 = tl.load(Z1 + z_off + pos * z_scan, mask=mask, other=0.0)
+            z2 = tl.load(Z2 + z_off + pos * z_scan, mask=mask, other=0.0)
+            z3 = tl.load(Z3 + z_off + pos * z_scan, mask=mask, other=0.0)
+            if HAS_U:
+                uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
+        g1, g2, g3, _s1, _s2, _s3, _inv = _gates(
+            z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
+        )
+        h_up = _shift_prev(h, idx, BLOCK_L, BLOCK_C)
+        h_dn = _shift_next(h, idx, BLOCK_L, BLOCK_C)
+        h = lv.to(tl.float32) * xv.to(tl.float32) + g1 * h_up + g2 * h + g3 * h_dn
+        h = tl.where(mask, h, 0.0)
+        out = h
+        if HAS_U:
+            out = h * uv.to(tl.float32)
+        tl.store(Y + p_off + pos * p_scan, out.to(Y.dtype.element_ty), mask=mask)
+        if SAVE_H:
+            tl.store(HS + p_off + pos * p_scan, h.to(HS.dtype.element_ty), mask=mask)
+        if PREFETCH:
+            xv = xn
+            lv = ln
+            z1 = z1n
+            z2 = z2n
+            z3 = z3n
+            if HAS_U:
+                uv = un
+
+
+@triton.jit
+def gspn_bwd_kernel(
+    X, LAM, Z1, Z2, Z3, U, HS, DY,
+    DXD, DLAM, DU, DZ,
+    H, W, C, GS, CHUNK, NCHUNK, NCB,
+    sxb, sxr, sxc, sxch,
+    spb, spr, spc, spd, spch,
+    szb, szr, szc, szd, szg,
+    sdb, sdr, sdc, sdd, sdk, sdg,
+    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr,
+    GROUP_MODE: tl.constexpr, GSB: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
+    tensors). Writes DXD (per-direction lam*dh, x's grad before the sum over directions), DLAM,
+    DU (if HAS_U) and DZ (gate-logit grads; GROUP_MODE 0: per channel = group, 1: summed over the
+    group inside the block, 2: per channel into a scratch the caller reduces).
+    """
+    pid = tl.program_id(0)
+    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
+    if n <= 0:
+        return
+    b64 = b.to(tl.int64)
+    x_line = tl.where(is_col, sxr, sxc)
+    x_scan = tl.where(is_col, sxc, sxr)
+    p_line = tl.where(is_col, spr, spc)
+    p_scan = tl.where(is_col, spc, spr)
+    z_line = tl.where(is_col, szr, szc)
+    z_scan = tl.where(is_col, szc, szr)
+    d_line = tl.where(is_col, sdr, sdc)
+    d_scan = tl.where(is_col, sdc, sdr)
+
+    idx = tl.arange(0, BLOCK_L)
+    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok1 = idx < L
+    cmask = ch < C
+    mask = row_ok1[:, None] & cmask[None, :]
+    row_ok = tl.broadcast_to(row_ok1[:, None], [BLOCK_L, BLOCK_C])
+    has_prev = tl.broadcast_to(((idx > 0) & row_ok1)[:, None], [BLOCK_L, BLOCK_C])
+    has_next = tl.broadcast_to((idx < L - 1)[:, None], [BLOCK_L, BLOCK_C])
+    mask_up = has_prev & mask  # neighbour i-1 exists
+    mask_dn = has_next & mask  # neighbour i+1 exists
+
+    x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
+    p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
+    z_off = b64 * szb + idx[:, None] * z_line + (ch // GS)[None, :] * szg + d * szd
+    # backward walk: traversal step t from n-1 down to 0; pos(t) is the grid position of step t
+    q1 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
+    q2 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
+    q3 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
+    # h at step t (current) is loaded once and becomes "h of the next step" in the following iter
+    t0 = n - 1
+    pos = tl.where(rev, start + n - 1 - t0, start + t0)
+    hv = tl.load(HS + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
+    for it in range(0, n):
+        t = n - 1 - it
+        pos = tl.where(rev, start + n - 1 - t, start + t)
+        posp = tl.where(rev, pos + 1, pos - 1)  # grid position of traversal step t-1
+        mp = mask & (t > 0)
+        # h of the previous traversal step and its line neighbours (read from memory: no shift)
+        hp = tl.load(HS + p_off + posp * p_scan, mask=mp, other=0.0).to(tl.float32)
+        hp_up = tl.load(HS + p_off - p_line + posp * p_scan, mask=mp & has_prev, other=0.0).to(tl.float32)
+        hp_dn = tl.load(HS + p_off + p_line + posp * p_scan, mask=mp & has_next, other=0.0).to(tl.float32)
+        dy = tl.load(DY + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
+        xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0).to(tl.float32)
+        lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
+        z1 = tl.load(Z1 + z_off + pos * z_scan, mask=mask, other=0.0).to(tl.float32)
+        z2 = tl.load(Z2 + z_off + pos * z_scan, mask=mask, other=0.0).to(tl.float32)
+        z3 = tl.load(Z3 + z_off + pos * z_scan, mask=mask, other=0.0).to(tl.float32)
+        if HAS_U:
+            uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
+            dyh = dy * uv
+            tl.store(DU + p_off + pos * p_scan, (dy * hv).to(DU.dtype.element_ty), mask=mask)
+        else:
+            dyh = dy
+        dh = dyh + _shift_prev(q3, idx, BLOCK_L, BLOCK_C) + q2 + _shift_next(q1, idx, BLOCK_L, BLOCK_C)
+        dh = tl.where(mask, dh, 0.0)
+        g1, g2, g3, s1, s2, s3, inv = _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM)
+        tl.store(DLAM + p_off + pos * p_scan, (xv * dh).to(DLAM.dtype.element_ty), mask=mask)
+        tl.store(DXD + p_off + pos * p_scan, (lv * dh).to(DXD.dtype.element_ty), mask=mask)
+        dg1 = dh * hp_up
+        dg2 = dh * hp
+        dg3 = dh * hp_dn
+        if NORM:
+            dot = g1 * dg1 + g2 * dg2 + g3 * dg3
+            dz1 = tl.where(has_prev, (dg1 - dot) * inv * s1 * (1.0 - s1), 0.0)
+            dz2 = tl.where(row_ok, (dg2 - dot) * inv * s2 * (1.0 - s2), 0.0)
+            dz3 = tl.where(has_next, (dg3 - dot) * inv * s3 * (1.0 - s3), 0.0)
+        else:
+            dz1 = dg1
+            dz2 = dg2
+            dz3 = dg3
+        dz_base = DZ + b64 * sdb + d * sdd + pos * d_scan
+        if GROUP_MODE == 1:
+            r1 = tl.sum(tl.reshape(dz1, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
+            r2 = tl.sum(tl.reshape(dz2, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
+            r3 = tl.sum(tl.reshape(dz3, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
+            gidx = cb * (BLOCK_C // GSB) + tl.arange(0, BLOCK_C // GSB)
+            gmask = row_ok1[:, None] & (gidx * GSB < C)[None, :]
+            goff = dz_base + idx[:, None] * d_line + gidx[None, :] * sdg
+            tl.store(goff, r1.to(DZ.dtype.element_ty), mask=gmask)
+            tl.store(goff + sdk, r2.to(DZ.dtype.element_ty), mask=gmask)
+            tl.store(goff + 2 * sdk, r3.to(DZ.dtype.element_ty), mask=gmask)
+        else:
+            coff = dz_base + idx[:, None] * d_line + ch[None, :] * sdg
+            tl.store(coff, dz1.to(DZ.dtype.element_ty), mask=mask)
+            tl.store(coff + sdk, dz2.to(DZ.dtype.element_ty), mask=mask)
+            tl.store(coff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=mask)
+        q1 = g1 * dh
+        q2 = g2 * dh
+        q3 = g3 * dh
+        hv = hp
