@@ -70,12 +70,14 @@ def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
 
 
 def sweep_configs(L: int, C: int) -> list[Any]:
+    from cgspn.ops.gspn import triton_backend as TB
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
 
-    bl = _next_pow2(L)
+    default = TB.forward_config(L, C)
+    bl = default.block_l
     cmax = _next_pow2(C)
-    bcs = sorted({min(cmax, b) for b in (4, 8, 16, 32, 64, 128, 256) if bl * b <= 16384 and bl * b >= 256})
-    modes = [(True, 1, False), (True, 1, True), (False, 3, False), (False, 3, True)]
+    bcs = sorted({min(cmax, max(1, b)) for b in (default.block_c // 2, default.block_c, default.block_c * 2)})
+    modes = [(True, 1, False), (True, 1, True), (False, 3, False)]
     out = []
     for bc, warps, (pf, st, jn) in itertools.product(bcs, (4, 8), modes):
         out.append(LaunchConfig(bl, bc, warps, pf, st, jn))
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             G = C if gtxt.strip() == "C" else int(gtxt)
             x, lam, z, u, dy = _inputs(B, H, W, C, G, dtype, device, with_u)
             nbytes = op_bytes(B, H, W, C, G, dtype.itemsize, with_u)
-            if args.sweep:
+            if args.sweep and gtxt == args.groups.split(",")[0]:
                 for cfg in sweep_configs(max(H, W), C):
                     try:
                         f = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg), iters=args.iters, device=device)
