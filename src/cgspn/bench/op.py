@@ -77,9 +77,10 @@ def sweep_configs(L: int, C: int) -> list[Any]:
     bl = default.block_l
     cmax = _next_pow2(C)
     bcs = sorted({min(cmax, max(1, b)) for b in (default.block_c // 2, default.block_c, default.block_c * 2)})
-    modes = [(True, 1, False), (True, 1, True), (False, 3, False)]
+    modes = [(1, 1, False), (1, 1, True), (2, 1, False), (2, 1, True)]
     out = []
-    for bc, warps, (pf, st, jn) in itertools.product(bcs, (4, 8), modes):
+    for bc, (pf, st, jn) in itertools.product(bcs, modes):
+        warps = max(2, min(8, bl * bc // 512))
         out.append(LaunchConfig(bl, bc, warps, pf, st, jn))
     return out
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             G = C if gtxt.strip() == "C" else int(gtxt)
             x, lam, z, u, dy = _inputs(B, H, W, C, G, dtype, device, with_u)
             nbytes = op_bytes(B, H, W, C, G, dtype.itemsize, with_u)
-            if args.sweep and gtxt == args.groups.split(",")[0]:
+            if args.sweep:
                 for cfg in sweep_configs(max(H, W), C):
                     try:
                         f = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg), iters=args.iters, device=device)
