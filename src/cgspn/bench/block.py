@@ -120,6 +120,10 @@ def _ms(result: dict[str, Any]) -> float | None:
     return result.get("ms")
 
 
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -185,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
         }
         rows.append(row)
         print(
-            f"{px} px B={batch} {mode}: ViT {row['vit_ms']} ms, C-GSPN {row['cgspn_ms']} ms, "
-            f"speedup {speedup and round(speedup, 2)}x, ceiling {ceiling and round(ceiling, 2)}x",
+            f"{px} px B={batch} {mode}: ViT {_fmt(row['vit_ms'])} ms, C-GSPN {_fmt(row['cgspn_ms'])} ms, "
+            f"floor {_fmt(row['floor_ms'])} ms; speedup {_fmt(speedup)}x of ceiling {_fmt(ceiling)}x",
             flush=True,
         )
     print()

@@ -58,7 +58,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,
                    help="largest single-pass resolution at B=1 (default: on for CUDA, off for CPU)")
     p.add_argument("--search-start", type=int, default=1036, help="first probed side in px (default: %(default)s)")
-    p.add_argument("--search-max", type=int, default=32768, help="largest probed side in px (default: %(default)s)")
+    p.add_argument("--search-max", type=int, default=32768,
+                   help="largest probed side in px (default: %(default)s; keeps every scan tensor under 2**31 "
+                        "elements at C_c=64)")
     p.add_argument("--search-growth", type=float, default=math.sqrt(2), help="side growth per probe (default: sqrt 2)")
     p.add_argument("--search-refine", type=int, default=3, help="bisection steps after the first OOM (default: %(default)s)")
     p.add_argument("--probe-time-limit", type=float, default=60.0,
@@ -219,8 +221,6 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  {name} {px} px B={batch}: " + (
                         "OOM" if res.get("oom") else f"{res['ms']:.2f} ms, {batch / (res['ms'] / 1e3):.1f} img/s"
                     ), flush=True)
-            if do_search:
-                searches.append(search_largest(model, name, args, device, dtype))
             del model, runner
             release_memory(device)
     for r in rows:
@@ -232,15 +232,27 @@ def run(args: argparse.Namespace) -> int:
         "meta": meta, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
         "params": params, "rows": rows, "table": table,
     }
-    if searches:
-        print()
-        payload["search"] = searches
-        payload["search_table"] = print_table([s["row"] for s in searches], SEARCH_COLUMNS)
     if args.plot:
         payload["plot"] = str(plot_throughput(rows, args.plot, title=f"{args.dtype}, {meta['device']}"))
         print(f"# plot: {payload['plot']}")
-    path = write_json(args.out, payload)
+    path = write_json(args.out, payload)  # the throughput results are safe before the (long) search
     print(f"# wrote {path}")
+    if do_search:
+        print("# largest single-pass resolution at B=1", flush=True)
+        for pair in args.pairs:
+            cg_name, vit_name = PAIRS[pair]
+            for name, extra in ((vit_name, {}), (cg_name, cgspn_overrides)):
+                torch.manual_seed(args.seed)
+                model = build_model(name, {**overrides, **extra}, device, dtype)
+                searches.append(search_largest(model, name, args, device, dtype))
+                payload["search"] = searches
+                write_json(args.out, payload)
+                del model
+                release_memory(device)
+        print()
+        payload["search_table"] = print_table([s["row"] for s in searches], SEARCH_COLUMNS)
+        write_json(args.out, payload)
+        print(f"# wrote {path}")
     return 0
 
 
