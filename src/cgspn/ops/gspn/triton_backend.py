@@ -76,7 +76,7 @@ def forward_config(
 
 
 def backward_config(
-    L: int, C: int, GS: int, override: LaunchConfig | None = None, *, B: int = 32
+    L: int, C: int, GS: int, override: LaunchConfig | None = None, *, B: int = 32, itemsize: int = 2
 ) -> tuple[LaunchConfig, int]:
     """Pick the backward tile and the gate-gradient reduction mode (see ``gspn_bwd_kernel``).
 
@@ -88,6 +88,8 @@ def backward_config(
     else:
         bl = _next_pow2(L)
         elems = 2048 if bl <= 32 else 4096 if GS == 1 or GS < 8 else 2048 if bl <= 128 else 4096
+        if itemsize >= 4:  # fp32 inputs keep twice the registers per prefetched value: halve the tile
+            elems //= 2
         bc = max(1, min(_next_pow2(C), elems // bl))
         while bc > 8 and not _enough_programs(B, C, bc):
             bc //= 2
@@ -190,7 +192,7 @@ def gspn2d_bwd_triton(
     du = torch.empty(u.shape, dtype=u.dtype, device=x.device) if u is not None else None
     if dxd.numel() == 0:
         return x.new_zeros(x.shape), torch.zeros_like(lam), torch.zeros_like(z), (torch.zeros_like(u) if u is not None else None)
-    cfg, mode = backward_config(max(H, W), C, GS, config, B=B)
+    cfg, mode = backward_config(max(H, W), C, GS, config, B=B, itemsize=max(x.element_size(), lam.element_size()))
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     if mode == 2:
         dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
