@@ -5,8 +5,9 @@ Protocol (the linear-probe variant of the ADE20K setting used for C-GSPN, simpli
 * training: each training image is resized so its *shorter* side is ``train_size`` (512) and
   encoded once, plus its horizontal flip; the frozen patch features ``(C', h, w)`` (the last
   ``layers`` blocks concatenated) are cached on the CPU in float16 together with the labels at
-  that size. A :class:`LinearHead` (BatchNorm + 1x1 conv) is trained on them with AdamW; logits
-  are upsampled bilinearly to label size and scored by cross-entropy ignoring 255.
+  ``label_scale`` times the patch grid (nearest; 4 by default, i.e. 3.5 px cells at patch 14).
+  A :class:`LinearHead` (BatchNorm + 1x1 conv) is trained on them with AdamW; logits are
+  upsampled bilinearly to the label grid and scored by cross-entropy ignoring 255.
 * evaluation: each validation image is resized to shorter side ``R`` for every ``R`` in
   ``resolutions`` and encoded in a *single pass* (no sliding window, no tiling); logits are
   upsampled to the original annotation size; a confusion matrix gives mIoU per resolution.
@@ -79,6 +80,7 @@ def train_linear_head(
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     flip: bool = True,
+    label_scale: int = 4,
     device: torch.device | str | None = None,
     seed: int = 0,
 ) -> tuple[LinearHead, dict[str, Any]]:
@@ -93,7 +95,7 @@ def train_linear_head(
         img, labels = dataset[i]
         for fl in ((False, True) if flip else (False,)):
             f = encode_for_segmentation(encoder, img, train_size, layers, fl)
-            hw = (f.shape[-2] * encoder.patch_size, f.shape[-1] * encoder.patch_size)
+            hw = (f.shape[-2] * label_scale, f.shape[-1] * label_scale)
             feats.append(f.half())
             labs.append(_labels_at(labels, hw, fl).to(torch.uint8))
     if not feats:
@@ -129,7 +131,7 @@ def train_linear_head(
         loss.backward()
         opt.step()
         sched.step()
-        loss_val = float(loss)
+        loss_val = float(loss.detach())
         bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
     head.eval()
     return head, {"train_views": len(feats), "final_loss": loss_val, "encode_s": t_encode, "train_s": time.perf_counter() - t1}
