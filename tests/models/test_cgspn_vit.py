@@ -1,5 +1,7 @@
 """The C-GSPN encoders: timm's model-test habits on tiny random models (CPU, reference scan)."""
 
+import functools
+
 import pytest
 import safetensors.torch
 import timm
@@ -8,6 +10,7 @@ import torch
 import cgspn  # noqa: F401  registers the models
 from cgspn.layers import AttentionMixer, LatentPropagationMixer
 from cgspn.models import ISOMORPHIC_VIT, CGSPNVisionTransformer, checkpoint_filter_fn
+from cgspn.ops import available_backends
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
@@ -22,11 +25,16 @@ def images(b, h_patches, w_patches, patch=16, c=3):
 
 
 # ---------------------------------------------------------------------------------- registry
+@functools.lru_cache(maxsize=None)
+def meta_model(name):
+    """A full-size registered model on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        return timm.create_model(name)
+
+
 @pytest.mark.parametrize("name", sorted(ISOMORPHIC_VIT))
 def test_registered_shapes_match_the_isomorphic_vit(name):
-    with torch.device("meta"):
-        m = timm.create_model(name)
-        v = timm.create_model(ISOMORPHIC_VIT[name])
+    m, v = meta_model(name), meta_model(ISOMORPHIC_VIT[name])
     assert isinstance(m, CGSPNVisionTransformer)
     assert (m.embed_dim, len(m.blocks), m.patch_size) == (v.embed_dim, len(v.blocks), v.patch_embed.patch_size[0])
     assert m.blocks[0].mlp.fc1.out_features == v.blocks[0].mlp.fc1.out_features
@@ -38,8 +46,7 @@ def test_registered_shapes_match_the_isomorphic_vit(name):
 
 
 def _n_params(name):
-    with torch.device("meta"):
-        return sum(p.numel() for p in timm.create_model(name).parameters())
+    return sum(p.numel() for p in meta_model(name).parameters())
 
 
 def test_parameter_ratio_vs_isomorphic_vit():
@@ -212,7 +219,20 @@ def _reference_scan_traces_in_one_graph() -> bool:
     return True
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.skipif("triton" not in available_backends("cpu"), reason="needs TRITON_INTERPRET=1 (tests/conftest.py)")
+def test_torch_compile_fullgraph_with_the_fused_op():
+    """The whole model is one graph when the scan is the registered custom op (Triton interpreter on CPU)."""
+    m = tiny(depth=1, chunks=2, num_classes=3, reg_tokens=1, scan_backend="triton").eval()
+    x = images(1, 2, 3)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        got = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
+        torch._dynamo.reset()
+        m.blocks[0].mixer.backend = "reference"
+        torch.testing.assert_close(got, m(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_fullgraph_with_the_reference_scan():
     if not _reference_scan_traces_in_one_graph():
         pytest.xfail(
             "the CPU reference scan (ops/gspn/reference.py scan_lines) calls Tensor.tolist(), a dynamo graph "
