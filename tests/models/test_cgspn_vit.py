@@ -12,6 +12,16 @@ from cgspn.layers import AttentionMixer, LatentPropagationMixer
 from cgspn.models import ISOMORPHIC_VIT, CGSPNVisionTransformer, checkpoint_filter_fn
 from cgspn.ops import available_backends
 
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's
+    spin-waiting makes each small op ~1000x slower; restored after each test."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
 
@@ -194,7 +204,11 @@ def test_classifier_api():
     assert m(images(1, 2, 2)).shape == (1, 3)
     m.reset_classifier(0)
     assert m(images(1, 2, 2)).shape == (1, 32)
-    assert m.no_weight_decay() == {"cls_token", "reg_token"}
+    assert m.no_weight_decay() == {"cls_token", "reg_token", "blocks.0.mixer.merge_weight", "blocks.1.mixer.merge_weight"}
+    assert set(m.group_matcher()) == {"stem", "blocks"}
+    m.set_input_size(img_size=64, patch_size=8)
+    assert m.patch_size == 8 and m.patch_embed.proj.weight.shape[-2:] == (8, 8)
+    assert m.forward_features(images(1, 2, 3, patch=8)).shape == (1, 1 + 6, 32)
     assert set(m.group_matcher()) == {"stem", "blocks"}
     so = tiny("cgspn_so400m_patch14_378")
     with pytest.raises(ValueError, match="cannot add a MAP"):

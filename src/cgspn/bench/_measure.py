@@ -33,9 +33,9 @@ def is_oom(err: BaseException) -> bool:
 
 
 def release_memory(device: torch.device) -> None:
-    """Free cached blocks and reset the peak counter so the next measurement starts clean."""
-    gc.collect()
+    """Free cached blocks and reset the peak counter so the next measurement starts clean (CUDA)."""
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -63,13 +63,14 @@ def measure(
 ) -> dict[str, Any]:
     """Median ms of ``fn`` and the peak memory it reached; ``{'oom': True}`` if it ran out of memory.
 
-    One untimed call estimates the cost; slow cases then use fewer repetitions (at least
-    ``min_iters``, at most ``iters``) so each case takes about ``target_seconds``.
+    One untimed call estimates the cost; slow cases then use fewer repetitions (at most ``iters``,
+    and not fewer than ``min_iters`` unless ``iters`` is smaller) so each case takes about
+    ``target_seconds``.
     """
     release_memory(device)
     try:
         first = wall_once(fn, device)
-        n = int(max(min_iters, min(iters, target_seconds / max(first, 1e-6))))
+        n = max(1, min(iters, max(min_iters, int(target_seconds / max(first, 1e-6)))))
         extra_warmup = max(0, min(warmup - 1, n))
         ms = time_fn(fn, warmup=extra_warmup, iters=n, device=device)
     except Exception as e:  # noqa: BLE001 - only OOM is swallowed

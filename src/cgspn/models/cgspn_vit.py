@@ -242,8 +242,14 @@ class CGSPNVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameters that should not use weight decay."""
-        return {"cls_token", "reg_token"}
+        """Parameters that should not use weight decay: the prefix tokens and each propagation
+        mixer's ``merge_weight`` (a per-direction gain in front of a norm, like a norm's weight;
+        1-D gains and biases are excluded by timm's optimizer factory already)."""
+        names = {"cls_token", "reg_token"}
+        for i, block in enumerate(self.blocks):
+            if isinstance(block.mixer, LatentPropagation):
+                names.add(f"blocks.{i}.mixer.merge_weight")
+        return names
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -257,6 +263,13 @@ class CGSPNVisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None, patch_size: int | None = None) -> None:
+        """Change the nominal input size and/or the patch size (the patch-embedding kernel is
+        resampled, as timm does). Any size that is a multiple of the patch runs regardless."""
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        self.patch_size = int(self.patch_embed.patch_size[0])
+        self.feature_info = [dict(info, reduction=self.patch_size) for info in self.feature_info]
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
