@@ -81,6 +81,8 @@ def test_contract_attributes_embed_and_blocks():
     for name in ("norm1", "mixer", "ls1", "norm2", "mlp", "ls2"):
         assert hasattr(blk, name)
     assert "blocks.0.ls1.gamma" in m.state_dict()
+    seg = blk.mixer._bias_segments()  # the model-wide timm init keeps the mixers' "propagate straight" biases
+    assert torch.all(blk.mixer.in_proj.bias[seg["u"]] == 1) and blk.mixer.in_proj.bias[seg["gates"]].abs().min() == 2
     assert blk.mixer(blk.norm1(tokens), grid).shape == tokens.shape
     # forward_features is exactly embed -> blocks -> norm (no positional embedding anywhere)
     torch.manual_seed(1)
