@@ -63,15 +63,16 @@ def measure(
 ) -> dict[str, Any]:
     """Median ms of ``fn`` and the peak memory it reached; ``{'oom': True}`` if it ran out of memory.
 
-    One untimed call estimates the cost; slow cases then use fewer repetitions (at most ``iters``,
-    and not fewer than ``min_iters`` unless ``iters`` is smaller) so each case takes about
-    ``target_seconds``.
+    ``warmup`` untimed calls come first (the first may compile kernels; the second estimates the
+    cost); slow cases then use fewer timed calls (at most ``iters``, at least ``min_iters`` unless
+    ``iters`` is smaller) so that each case takes about ``target_seconds``.
     """
     release_memory(device)
     try:
-        first = wall_once(fn, device)
-        n = max(1, min(iters, max(min_iters, int(target_seconds / max(first, 1e-6)))))
-        extra_warmup = max(0, min(warmup - 1, n))
+        first = wall_once(fn, device)  # may include one-off work (kernel compilation, autotuning)
+        estimate = wall_once(fn, device) if warmup >= 2 else first
+        n = max(1, min(iters, max(min_iters, int(target_seconds / max(estimate, 1e-6)))))
+        extra_warmup = max(0, min(warmup - 2, n))
         ms = time_fn(fn, warmup=extra_warmup, iters=n, device=device)
     except Exception as e:  # noqa: BLE001 - only OOM is swallowed
         if not is_oom(e):
