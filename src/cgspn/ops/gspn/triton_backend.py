@@ -33,13 +33,17 @@ class LaunchConfig:
 
     block_l: line positions per program (power of 2 >= the longest line);
     block_c: channels per program; num_warps: warps per program;
-    prefetch: issue the next line's loads before the current line's math.
+    prefetch: issue the next line's loads before the current line's math (by hand);
+    num_stages: Triton's own software pipelining of the scan loop (1 = off);
+    joined: do the two neighbour shifts as one gather.
     """
 
     block_l: int
     block_c: int
     num_warps: int
     prefetch: bool = True
+    num_stages: int = 1
+    joined: bool = False
 
 
 # Tuned on the H200 (see docs/benchmarks.md): a tile of ~4k fp32 state values per program keeps
@@ -72,7 +76,7 @@ def backward_config(L: int, C: int, GS: int, override: LaunchConfig | None = Non
         bc = max(cfg.block_c, GS)
         elems = cfg.block_l * bc
         warps = max(cfg.num_warps, 8 if elems >= 4096 else cfg.num_warps)
-        return LaunchConfig(cfg.block_l, bc, warps, cfg.prefetch), 1
+        return LaunchConfig(cfg.block_l, bc, warps, cfg.prefetch, cfg.num_stages, cfg.joined), 1
     return cfg, 2
 
 
@@ -115,7 +119,8 @@ def gspn2d_fwd_triton(
         *y.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None,
-        PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined,
+        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return y, hs
 
@@ -157,7 +162,7 @@ def gspn2d_bwd_triton(
         *dy.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         dz_buf.stride(0), dz_buf.stride(1), dz_buf.stride(2), dz_buf.stride(3), dz_buf.stride(4), dz_buf.stride(5),
-        NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode, GSB=GS if mode == 1 else 1,
+        NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode, GSB=GS if mode == 1 else 1, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
@@ -188,7 +193,8 @@ def line_scan_fwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         NDIR=1, NORM=False, HAS_U=False, SAVE_H=False,
-        PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined,
+        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return y
 
@@ -216,7 +222,7 @@ def line_scan_bwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, dg.stride(0), sc,
-        NDIR=1, NORM=False, HAS_U=False, GROUP_MODE=0, GSB=1,
+        NDIR=1, NORM=False, HAS_U=False, GROUP_MODE=0, GSB=1, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return dx, dlam, dg

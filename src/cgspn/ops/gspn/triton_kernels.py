@@ -66,6 +66,23 @@ def _shift_next(v, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _shift_pair(a, b, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, JOINED: tl.constexpr):
+    """(a[i-1], b[i+1]) along axis 0 with zeros past the ends; JOINED does both in one gather."""
+    if JOINED:
+        two = tl.join(a, b)  # [BLOCK_L, BLOCK_C, 2]
+        lo = tl.broadcast_to(tl.maximum(idx - 1, 0)[:, None, None], [BLOCK_L, BLOCK_C, 2])
+        hi = tl.broadcast_to(tl.minimum(idx + 1, BLOCK_L - 1)[:, None, None], [BLOCK_L, BLOCK_C, 2])
+        which = tl.broadcast_to(tl.arange(0, 2)[None, None, :], [BLOCK_L, BLOCK_C, 2])
+        g = tl.gather(two, tl.where(which == 0, lo, hi), 0)
+        up, dn = tl.split(g)
+        up = tl.where((idx > 0)[:, None], up, 0.0)
+        dn = tl.where((idx < BLOCK_L - 1)[:, None], dn, 0.0)
+        return up, dn
+    else:
+        return _shift_prev(a, idx, BLOCK_L, BLOCK_C), _shift_next(b, idx, BLOCK_L, BLOCK_C)
+
+
+@triton.jit
 def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
     """Normalised gates (g1, g2, g3) and the sigmoid values / sum needed by the backward."""
     if NORM:
@@ -90,7 +107,8 @@ def gspn_fwd_kernel(
     spb, spr, spc, spd, spch,
     szb, szr, szc, szd, szg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr,
-    PREFETCH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Forward scan. x: X[b, r, c, ch]; per-direction tensors P[b, r, c, d, ch]; logits Zk[b, r, c, d, g].
 
@@ -130,7 +148,7 @@ def gspn_fwd_kernel(
     z3 = tl.load(Z3 + z_off + pos * z_scan, mask=mask, other=0.0)
     if HAS_U:
         uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
-    for t in range(0, n):
+    for t in tl.range(0, n, num_stages=NUM_STAGES):
         pos = tl.where(rev, start + n - 1 - t, start + t)
         if PREFETCH:
             posn = tl.where(rev, pos - 1, pos + 1)
@@ -153,8 +171,7 @@ def gspn_fwd_kernel(
         g1, g2, g3, _s1, _s2, _s3, _inv = _gates(
             z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
         )
-        h_up = _shift_prev(h, idx, BLOCK_L, BLOCK_C)
-        h_dn = _shift_next(h, idx, BLOCK_L, BLOCK_C)
+        h_up, h_dn = _shift_pair(h, h, idx, BLOCK_L, BLOCK_C, JOINED)
         h = lv.to(tl.float32) * xv.to(tl.float32) + g1 * h_up + g2 * h + g3 * h_dn
         h = tl.where(mask, h, 0.0)
         out = h
@@ -183,7 +200,7 @@ def gspn_bwd_kernel(
     szb, szr, szc, szd, szg,
     sdb, sdr, sdc, sdd, sdk, sdg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr,
-    GROUP_MODE: tl.constexpr, GSB: tl.constexpr,
+    GROUP_MODE: tl.constexpr, GSB: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
@@ -227,7 +244,7 @@ def gspn_bwd_kernel(
     t0 = n - 1
     pos = tl.where(rev, start + n - 1 - t0, start + t0)
     hv = tl.load(HS + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
-    for it in range(0, n):
+    for it in tl.range(0, n, num_stages=NUM_STAGES):
         t = n - 1 - it
         pos = tl.where(rev, start + n - 1 - t, start + t)
         posp = tl.where(rev, pos + 1, pos - 1)  # grid position of traversal step t-1
@@ -248,7 +265,8 @@ def gspn_bwd_kernel(
             tl.store(DU + p_off + pos * p_scan, (dy * hv).to(DU.dtype.element_ty), mask=mask)
         else:
             dyh = dy
-        dh = dyh + _shift_prev(q3, idx, BLOCK_L, BLOCK_C) + q2 + _shift_next(q1, idx, BLOCK_L, BLOCK_C)
+        q3_up, q1_dn = _shift_pair(q3, q1, idx, BLOCK_L, BLOCK_C, JOINED)
+        dh = dyh + q3_up + q2 + q1_dn
         dh = tl.where(mask, dh, 0.0)
         g1, g2, g3, s1, s2, s3, inv = _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM)
         tl.store(DLAM + p_off + pos * p_scan, (xv * dh).to(DLAM.dtype.element_ty), mask=mask)
