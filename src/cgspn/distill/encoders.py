@@ -186,18 +186,23 @@ def _check_block(block: nn.Module) -> None:
             )
 
 
-def _drop_path(block: nn.Module, idx: int) -> nn.Module:
-    return getattr(block, f"drop_path{idx}", nn.Identity())
-
-
 def block_forward_taps(
     block: nn.Module, x: torch.Tensor, grid: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one block and return (PP tap = mixer(norm1(x)) before ls1, block output)."""
-    pp = call_mixer(block, block.norm1(x), grid)
-    x = x + _drop_path(block, 1)(block.ls1(pp))
-    x = x + _drop_path(block, 2)(block.ls2(block.mlp(block.norm2(x))))
-    return pp, x
+    """Run one block through its own ``forward`` and return (PP tap, block output).
+
+    The PP tap (the mixer output, before ``ls1``) is captured with a forward hook on the mixer, so
+    the block's real forward runs (FSDP-wrapped blocks unshard as usual).
+    """
+    captured: list[torch.Tensor] = []
+    handle = mixer_of(block).register_forward_hook(lambda mod, inp, out: captured.append(out))
+    try:
+        y = block(x, grid) if hasattr(block, "mixer") else block(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"{type(block).__name__}.forward did not call its token mixer")
+    return captured[0], y
 
 
 def summary_from_final(model: nn.Module, final: torch.Tensor) -> torch.Tensor:
