@@ -271,6 +271,20 @@ def _timm_create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
         return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
+def _is_student_export(path: str | os.PathLike) -> bool:
+    """True for a file written by ``cgspn.distill.student.save_student`` (spec in its metadata)."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".safetensors"):
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return "cgspn_student" in (f.metadata() or {})
+    except Exception:
+        return False
+
+
 def load_encoder(
     name: str = DEFAULT_MODEL,
     checkpoint: str | os.PathLike | None = None,
@@ -283,7 +297,10 @@ def load_encoder(
     """Build an :class:`Encoder` by name.
 
     * ``name`` in :data:`TEACHER_NAMES`: the project's default attention teacher (:func:`load_teacher`).
-    * ``checkpoint`` given: create ``name`` with random init, then load the safetensors weights.
+    * ``checkpoint`` is a distilled student export (``student.safetensors`` from ``cgspn distill``,
+      model spec in its metadata): rebuilt from that spec (``name`` may stay the default).
+    * ``checkpoint`` given otherwise: create ``name`` with random init, then load the safetensors
+      weights (a file or a folder of shards).
     * otherwise: the model's shipped weights (``pretrained=True``); if there are none, a
       ``ValueError`` says so, unless ``random_init=True`` (explicit, reported in ``source``).
     """
@@ -293,7 +310,15 @@ def load_encoder(
         return load_teacher(device=device, dtype=dtype)
     kwargs = {"dynamic_img_size": True, "num_classes": 0}
     kwargs.update(model_kwargs or {})
-    if checkpoint is not None:
+    if checkpoint is not None and _is_student_export(checkpoint):
+        from cgspn.distill.student import load_student
+
+        model, info = load_student(checkpoint)
+        if name not in (DEFAULT_MODEL, info["model"]):
+            raise ValueError(f"{checkpoint} holds a {info['model']} student, not {name}")
+        name = info["model"]
+        source = f"distilled student {checkpoint}"
+    elif checkpoint is not None:
         model = _timm_create(name, False, kwargs)
         info = load_safetensors_weights(model, checkpoint)
         source = f"checkpoint {checkpoint}" + (f" ({len(info['unexpected'])} training-only tensors skipped)" if info["unexpected"] else "")

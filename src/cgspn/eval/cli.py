@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 from .backbone import DEFAULT_MODEL, Encoder, load_encoder, load_teacher, parse_model_args, resolve_device
-from .images import list_images, load_image, package_photos, resize_to, target_size
+from .images import list_images, load_image, resize_to, target_size
 from .report import emit_report
 
 __all__ = ["configure", "run"]
 
+# Colour natural photos among the built-in ones: the quokka example's pseudo-labelled training set.
+EXAMPLE_TRAIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "china", "flower", "grace_hopper")
 SUMMARY_COLUMNS = ["model", "params_m", "cos_patch_224", "cos_pooled_224", "cos_patch_518", "cos_pooled_518",
                    "fmnist_linear", "fmnist_knn", "quokka_miou_518", "quokka_miou_1036", "saliency_iou_224", "saliency_iou_518"]
 
@@ -62,7 +64,7 @@ def _add_model_args(p: argparse.ArgumentParser, teacher: bool = False) -> None:
 
 
 def _add_images_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", default="builtin", help="folder (or file) of held-out photos; 'builtin' = photos shipped in installed packages (not held out: smoke runs)")
+    p.add_argument("--images", default="heldout", help="folder or file of photos; 'heldout' (default) = the built-in photos the distillation holds out; 'builtin' = all built-in photos (partly seen in training)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
 
 
@@ -157,11 +159,14 @@ def _teacher(args: argparse.Namespace) -> Encoder:
 
 
 def _images(args: argparse.Namespace) -> list[Path]:
-    if args.images == "builtin":
-        imgs = package_photos()
-        if not imgs:
-            raise FileNotFoundError("no package photos found (install scikit-image / scikit-learn / matplotlib) - pass --images DIR")
-        print(f"note: --images builtin uses {len(imgs)} photos shipped in installed packages; they are not held out from distillation", flush=True)
+    if args.images in ("heldout", "builtin"):
+        from cgspn.data.photos import default_photos
+
+        imgs = [ph.path for ph in default_photos("holdout" if args.images == "heldout" else "all")]
+        if args.images == "builtin":
+            print(f"note: --images builtin uses {len(imgs)} built-in photos, some of which the distillation trains on", flush=True)
+        else:
+            print(f"images: the {len(imgs)} built-in held-out photos ({', '.join(p.stem for p in imgs)})", flush=True)
     else:
         imgs = list_images(args.images)
     if args.limit:
@@ -287,7 +292,9 @@ def _seg_data(args) -> tuple[Any, Any]:
         if not (root / "meta.json").is_file():
             print(f"building the quokka example in {root} (teacher saliency pseudo-masks on package photos) ...", flush=True)
             fn = _saliency_fn()
-            photos = [p for p in package_photos() if p.stem not in ("hubble_deep_field", "retina", "ihc", "immunohistochemistry")]
+            from cgspn.data.photos import default_photos
+
+            photos = [ph.path for ph in default_photos("all", backgrounds=False) if ph.name in EXAMPLE_TRAIN_PHOTOS]
             build_quokka_example(root, fn, photos)
         data = root
     else:

