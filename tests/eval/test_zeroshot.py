@@ -40,3 +40,27 @@ def test_zero_shot_needs_a_text_tower(tiny_encoder):
     assert not has_text_tower(tiny_encoder.model)
     with pytest.raises(ValueError, match="no text tower"):
         build_zero_shot_classifier(tiny_encoder.model, lambda t: t, ["a"])
+
+
+def test_zeroshot_cli_on_an_image_folder(tmp_path, tiny_clip):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from cgspn.cli import main
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        d = tmp_path / "ds" / "val" / c
+        d.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    out = tmp_path / "zs"
+    # a real (if small) registered open_clip model, random weights: exercises loading, prompts, scoring
+    rc = main(["eval", "zeroshot", "--model", "open_clip:RN50", "--random-init", "--device", "cpu", "--dataset", str(tmp_path / "ds"),
+               "--templates", "simple", "--out", str(out)])
+    assert rc == 0
+    row = json.loads((out / "zeroshot.json").read_text())["rows"][0]
+    assert row["classes"] == 2 and 0.0 <= row["top1"] <= 1.0
+    assert main(["eval", "zeroshot", "--model", "vit_small_patch14_dinov2", "--dataset", str(tmp_path / "ds")]) == 2

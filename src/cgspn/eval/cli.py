@@ -207,21 +207,24 @@ def _fidelity(args, student: Encoder, teacher: Encoder, images: list[Path], out:
 
 
 # ---------------------------------------------------------------------------------- classify
-def _classification_data(args) -> tuple[Any, Any, str]:
+def _classification_data(args, need_train: bool = True) -> tuple[Any, Any, str]:
+    """``(train or None, test, name)`` for --dataset (Fashion-MNIST or an ImageFolder root)."""
     from .classify import ImageFolder
 
     if args.dataset == "fashion-mnist":
         from cgspn.data.fashion_mnist import FashionMNIST
 
-        return (FashionMNIST("train", args.data_root, args.per_class), FashionMNIST("test", args.data_root, args.per_class_test), "Fashion-MNIST")
+        train = FashionMNIST("train", args.data_root, args.per_class) if need_train else None
+        return train, FashionMNIST("test", args.data_root, args.per_class_test), "Fashion-MNIST"
     root = Path(args.dataset)
     if not root.is_dir():
         raise FileNotFoundError(f"--dataset {root}: not 'fashion-mnist' and not a folder")
     test_dir = next((root / n for n in ("val", "test", "validation") if (root / n).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
+    if test_dir is None or (need_train and not (root / "train").is_dir()):
         raise FileNotFoundError(f"--dataset {root} must hold train/ and val/ (or test/) ImageFolder splits")
-    tr, te = ImageFolder(root / "train", args.per_class), ImageFolder(test_dir, args.per_class_test)
-    if tr.classes != te.classes:
+    te = ImageFolder(test_dir, args.per_class_test)
+    tr = ImageFolder(root / "train", args.per_class) if need_train else None
+    if tr is not None and tr.classes != te.classes:
         raise ValueError(f"train and {test_dir.name} class folders differ")
     return tr, te, root.name
 
@@ -251,22 +254,19 @@ def _classify(args, enc: Encoder, out: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------- zero-shot
 def _zeroshot(args, out: Path) -> list[dict]:
-    from torch.utils.data import DataLoader  # noqa: F401  (keeps torch's data stack warm-imported for workers)
-
     from .classify import center_crop_square
     from .images import to_tensor
     from .zeroshot import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, build_zero_shot_classifier, zero_shot_predict, load_open_clip
 
     if not args.model.startswith("open_clip:"):
-        # Our encoders are image-only: say so rather than invent a text tower.
-        enc = load_encoder(args.model, args.checkpoint, random_init=args.random_init, device="cpu", model_kwargs=parse_model_args(args.model_args))
-        raise ValueError(f"{enc.name} has no text tower; zero-shot needs an image-text model (--model open_clip:NAME --checkpoint FILE)")
+        # The encoders here are image-only: say so rather than invent a text tower.
+        raise ValueError(f"{args.model} has no text tower; zero-shot needs an image-text model (--model open_clip:NAME --checkpoint FILE)")
     dev = resolve_device(args.device)
     name = args.model.split(":", 1)[1]
     if args.checkpoint is None and not args.random_init:
         raise ValueError(f"no offline weights for open_clip:{name}: pass --checkpoint FILE (or --random-init for a smoke test)")
     model, tokenizer, mean, std, size = load_open_clip(name, args.checkpoint, dev)
-    train, test, dname = _classification_data(argparse.Namespace(**{**vars(args), "per_class": 0}))
+    _, test, dname = _classification_data(args, need_train=False)
     templates = IMAGENET_TEMPLATES if args.templates == "imagenet" else SIMPLE_TEMPLATES
     clf = build_zero_shot_classifier(model, tokenizer, list(test.classes), templates, dev)
     correct, n = 0, len(test)
