@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny random-init timm ViT teacher and a tiny end-to-end config."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_TEACHER = {
+    "kind": "timm",
+    "name": "vit_tiny_patch16_224",
+    "model_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "img_size": 32, "init_values": 0.1},
+}
+
+
+def tiny_overrides(out_dir, steps1: int = 4, steps2: int = 4) -> list[str]:
+    """``--set`` overrides turning the default config into a seconds-long CPU run."""
+    return [
+        "teacher.kind=timm",
+        f"teacher.name={TINY_TEACHER['name']}",
+        "teacher.model_kwargs={depth: 2, embed_dim: 64, num_heads: 2, patch_size: 8, img_size: 32, init_values: 0.1}",
+        "data.resolution=32",
+        f"stage1.steps={steps1}",
+        "stage1.batch_size=4",
+        "stage1.warmup_steps=1",
+        f"stage2.steps={steps2}",
+        "stage2.batch_size=4",
+        "stage2.warmup_steps=1",
+        "eval.resolution=32",
+        "engine.tensorboard=false",
+        "engine.progress=false",
+        f"out_dir={str(out_dir)!r}",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    from cgspn.distill.config import load_config
+
+    def make(name: str = "run", steps1: int = 4, steps2: int = 4, extra: tuple[str, ...] = ()):
+        return load_config(None, tiny_overrides(tmp_path / name, steps1, steps2) + list(extra))
+
+    return make
+
+
+@pytest.fixture
+def tiny_teacher():
+    from cgspn.distill.teachers import timm_teacher
+
+    return timm_teacher(TINY_TEACHER["name"], model_kwargs=TINY_TEACHER["model_kwargs"])
