@@ -121,8 +121,12 @@ class SegmentationFolder:
 
 
 def imgaug_quokka_files() -> tuple[Path, Path]:
-    """``(quokka.jpg, quokka_annotations.json)`` from an installed imgaug 0.4.0, found without
-    importing it (imgaug does not import under NumPy 2)."""
+    """``(quokka.jpg, quokka_annotations.json)``: the copies shipped in ``cgspn/assets/quokka``
+    (from imgaug 0.4.0, MIT), else an installed imgaug 0.4.0, found without importing it (imgaug
+    does not import under NumPy 2)."""
+    shipped = Path(__file__).resolve().parent.parent / "assets" / "quokka"
+    if (shipped / "quokka.jpg").is_file() and (shipped / "quokka_annotations.json").is_file():
+        return shipped / "quokka.jpg", shipped / "quokka_annotations.json"
     spec = importlib.util.find_spec("imgaug")
     if spec is None or not spec.origin:
         raise FileNotFoundError("the quokka example reads imgaug's bundled files: pip install --no-deps imgaug==0.4.0")
