@@ -5,7 +5,6 @@ Everything here works on already-validated tensors; the public API lives in ``cg
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch

@@ -100,6 +100,48 @@ def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
 
 
 @triton.jit
+def _tile(X, b, d, cb, is_col, rev, L, start, n, C, GS,
+          sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg,
+          ZROW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Index arithmetic of one program's [BLOCK_L, BLOCK_C] tile in direction d (shared by the
+    forward and backward kernels): masks, base offsets, and the strides along the line and the scan
+    of x (X), the outputs / saved state (P), lam and u (LAM) and the logits (Z).
+    Scan step t visits the grid position ``first + step * t``."""
+    b64 = b.to(tl.int64)
+    x_line = tl.where(is_col, sxr, sxc)
+    x_scan = tl.where(is_col, sxc, sxr)
+    p_line = tl.where(is_col, spr, spc)
+    p_scan = tl.where(is_col, spc, spr)
+    l_line = tl.where(is_col, slr, slc)
+    l_scan = tl.where(is_col, slc, slr)
+    z_line = tl.where(is_col, szr, szc)
+    z_scan = tl.where(is_col, szc, szr)
+    step = tl.where(rev, -1, 1)
+    first = tl.where(rev, start + n - 1, start)
+
+    idx = tl.arange(0, BLOCK_L)
+    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok1 = idx < L
+    mask = row_ok1[:, None] & (ch < C)[None, :]
+    if ZROW:
+        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)
+        zmask = row_ok1[:, None]
+    else:
+        zch = ch // GS
+        zmask = mask
+    row_ok = row_ok1[:, None]
+    has_prev = ((idx > 0) & row_ok1)[:, None]
+    has_next = (idx < L - 1)[:, None]
+
+    x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
+    p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
+    l_off = b64 * slb + idx[:, None] * l_line + ch[None, :] * slch + d * sld
+    z_off = b64 * szb + idx[:, None] * z_line + zch[None, :] * szg + d * szd
+    return (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off,
+            p_line, p_scan, l_off, l_scan, z_off, z_scan)
+
+
+@triton.jit
 def _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan, z_scan, pos, mask, zmask,
                HAS_U: tl.constexpr):
     """Load the inputs of the line at scan position ``pos`` (x, lam, the three logits, u)."""
@@ -139,36 +181,10 @@ def gspn_fwd_kernel(
     b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
     if n <= 0:
         return
-    b64 = b.to(tl.int64)
-    x_line = tl.where(is_col, sxr, sxc)
-    x_scan = tl.where(is_col, sxc, sxr)
-    p_line = tl.where(is_col, spr, spc)
-    p_scan = tl.where(is_col, spc, spr)
-    z_line = tl.where(is_col, szr, szc)
-    z_scan = tl.where(is_col, szc, szr)
-    step = tl.where(rev, -1, 1)
-    first = tl.where(rev, start + n - 1, start)
-
-    idx = tl.arange(0, BLOCK_L)
-    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_ok1 = idx < L
-    mask = row_ok1[:, None] & (ch < C)[None, :]
-    if ZROW:
-        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)
-        zmask = row_ok1[:, None]
-    else:
-        zch = ch // GS
-        zmask = mask
-    row_ok = row_ok1[:, None]
-    has_prev = ((idx > 0) & row_ok1)[:, None]
-    has_next = (idx < L - 1)[:, None]
-
-    x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
-    p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
-    l_line = tl.where(is_col, slr, slc)
-    l_scan = tl.where(is_col, slc, slr)
-    l_off = b64 * slb + idx[:, None] * l_line + ch[None, :] * slch + d * sld
-    z_off = b64 * szb + idx[:, None] * z_line + zch[None, :] * szg + d * szd
+    (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off, p_line,
+     p_scan, l_off, l_scan, z_off, z_scan) = _tile(
+        X, b, d, cb, is_col, rev, L, start, n, C, GS, sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch,
+        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZROW, BLOCK_L, BLOCK_C)
 
     h = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     if PREFETCH >= 1:
@@ -254,41 +270,15 @@ def gspn_bwd_kernel(
     b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
     if n <= 0:
         return
-    b64 = b.to(tl.int64)
-    x_line = tl.where(is_col, sxr, sxc)
-    x_scan = tl.where(is_col, sxc, sxr)
-    p_line = tl.where(is_col, spr, spc)
-    p_scan = tl.where(is_col, spc, spr)
-    z_line = tl.where(is_col, szr, szc)
-    z_scan = tl.where(is_col, szc, szr)
-    d_line = tl.where(is_col, sdr, sdc)
-    d_scan = tl.where(is_col, sdc, sdr)
     # traversal step t visits pos(t) = first + step*t; the backward walks t = n-1 ... 0
-    step = tl.where(rev, -1, 1)
-    first = tl.where(rev, start + n - 1, start)
-
-    idx = tl.arange(0, BLOCK_L)
-    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_ok1 = idx < L
-    mask = row_ok1[:, None] & (ch < C)[None, :]
-    if ZROW:
-        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)
-        zmask = row_ok1[:, None]
-    else:
-        zch = ch // GS
-        zmask = mask
-    row_ok = row_ok1[:, None]
-    has_prev = ((idx > 0) & row_ok1)[:, None]
-    has_next = (idx < L - 1)[:, None]
+    (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off, p_line,
+     p_scan, l_off, l_scan, z_off, z_scan) = _tile(
+        X, b, d, cb, is_col, rev, L, start, n, C, GS, sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch,
+        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZROW, BLOCK_L, BLOCK_C)
     mask_up = has_prev & mask
     mask_dn = has_next & mask
-
-    x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
-    p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
-    l_line = tl.where(is_col, slr, slc)
-    l_scan = tl.where(is_col, slc, slr)
-    l_off = b64 * slb + idx[:, None] * l_line + ch[None, :] * slch + d * sld
-    z_off = b64 * szb + idx[:, None] * z_line + zch[None, :] * szg + d * szd
+    d_line = tl.where(is_col, sdr, sdc)
+    d_scan = tl.where(is_col, sdc, sdr)
     dz_base = DZ + b64 * sdb + d * sdd
 
     q1 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
