@@ -27,8 +27,20 @@ def tiny_overrides(out_dir, steps1: int = 4, steps2: int = 4) -> list[str]:
         "eval.resolution=32",
         "engine.tensorboard=false",
         "engine.progress=false",
+        "engine.threads=1",
         f"out_dir={str(out_dir)!r}",
     ]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (and CI machines are shared)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture
