@@ -8,7 +8,6 @@ Backends:
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -18,14 +17,21 @@ __all__ = ["BACKENDS", "available_backends", "backend_for", "resolve_backend", "
 BACKENDS = ("reference", "triton")
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_import_error() -> str | None:
+def _probe_triton() -> str | None:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception as e:  # pragma: no cover - depends on the install
         return f"{type(e).__name__}: {e}"
     return None
+
+
+_TRITON_IMPORT_ERROR = _probe_triton()
+
+
+def _triton_import_error() -> str | None:
+    """None when Triton imports, else the import error (probed once at module import)."""
+    return _TRITON_IMPORT_ERROR
 
 
 def triton_available() -> bool:

@@ -33,13 +33,17 @@ class LaunchConfig:
 
     block_l: line positions per program (power of 2 >= the longest line);
     block_c: channels per program; num_warps: warps per program;
-    prefetch: issue the next line's loads before the current line's math.
+    prefetch: issue the loads this many lines ahead of the math (0, 1 or 2);
+    num_stages: Triton's own software pipelining of the scan loop (1 = off);
+    joined: do the two neighbour shifts as one gather.
     """
 
     block_l: int
     block_c: int
     num_warps: int
-    prefetch: bool = True
+    prefetch: int = 1
+    num_stages: int = 1
+    joined: bool = False
 
 
 # Tuned on the H200 (see docs/benchmarks.md): a tile of ~4k fp32 state values per program keeps
@@ -55,24 +59,22 @@ def forward_config(L: int, C: int, override: LaunchConfig | None = None) -> Laun
     bc = max(1, min(_next_pow2(C), _TILE_ELEMS // bl))
     elems = bl * bc
     warps = 8 if elems >= 4096 else 4 if elems >= 1024 else 2 if elems >= 256 else 1
-    return LaunchConfig(bl, bc, warps, True)
+    return LaunchConfig(bl, bc, warps, 1)
 
 
 def backward_config(L: int, C: int, GS: int, override: LaunchConfig | None = None) -> tuple[LaunchConfig, int]:
-    """Pick the backward tile and the gate-gradient reduction mode.
+    """Pick the backward tile and the gate-gradient reduction mode (see ``gspn_bwd_kernel``).
 
-    Returns (config, group_mode): 0 = one gate per channel, 1 = the group (GS channels, a power
-    of two) is summed inside a channel block, 2 = per-channel scratch reduced by the caller.
+    Modes: 0 = one gate per channel; 1 = power-of-two groups summed inside a channel block;
+    2 = per-channel scratch summed by the caller; 3 = the block lies inside one group.
     """
     cfg = override or forward_config(L, C)
     if GS == 1:
         return cfg, 0
-    pow2 = GS & (GS - 1) == 0
-    if pow2 and GS <= max(cfg.block_c, 256):
-        bc = max(cfg.block_c, GS)
-        elems = cfg.block_l * bc
-        warps = max(cfg.num_warps, 8 if elems >= 4096 else cfg.num_warps)
-        return LaunchConfig(cfg.block_l, bc, warps, cfg.prefetch), 1
+    if GS % cfg.block_c == 0:
+        return cfg, 3
+    if GS & (GS - 1) == 0 and cfg.block_c % GS == 0:
+        return cfg, 1
     return cfg, 2
 
 
@@ -115,7 +117,8 @@ def gspn2d_fwd_triton(
         *y.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None,
-        PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZROW=(C // G) % cfg.block_c == 0,
+        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return y, hs
 
@@ -143,11 +146,13 @@ def gspn2d_bwd_triton(
     if dxd.numel() == 0:
         return x.new_zeros(x.shape), torch.zeros_like(lam), torch.zeros_like(z), (torch.zeros_like(u) if u is not None else None)
     cfg, mode = backward_config(max(H, W), C, GS, config)
+    ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     if mode == 2:
         dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
+    elif mode == 3 and ncb != G:
+        dz_buf = torch.empty((B, H, W, 4, 3, ncb), dtype=torch.float32, device=x.device)
     else:
         dz_buf = torch.empty_like(z)
-    ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     z1, z2, z3 = z[..., 0, :], z[..., 1, :], z[..., 2, :]
     K.gspn_bwd_kernel[grid](
         x, lam, z1, z2, z3, u if u is not None else dy, h, dy,
@@ -158,11 +163,14 @@ def gspn2d_bwd_triton(
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         dz_buf.stride(0), dz_buf.stride(1), dz_buf.stride(2), dz_buf.stride(3), dz_buf.stride(4), dz_buf.stride(5),
         NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode, GSB=GS if mode == 1 else 1,
+        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZROW=mode == 3,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
     if mode == 2:
         dz = dz_buf.view(B, H, W, 4, 3, G, GS).sum(-1).to(z.dtype)
+    elif mode == 3 and ncb != G:
+        dz = dz_buf.view(B, H, W, 4, 3, G, ncb // G).sum(-1).to(z.dtype)
     else:
         dz = dz_buf
     return dx, dlam, dz, du
@@ -188,7 +196,8 @@ def line_scan_fwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         NDIR=1, NORM=False, HAS_U=False, SAVE_H=False,
-        PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZROW=False,
+        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return y
 
@@ -217,6 +226,7 @@ def line_scan_bwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, dg.stride(0), sc,
         NDIR=1, NORM=False, HAS_U=False, GROUP_MODE=0, GSB=1,
+        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZROW=False,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return dx, dlam, dg

@@ -66,6 +66,23 @@ def _shift_next(v, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _shift_pair(a, b, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, JOINED: tl.constexpr):
+    """(a[i-1], b[i+1]) along axis 0 with zeros past the ends; JOINED does both in one gather."""
+    if JOINED:
+        two = tl.join(a, b)  # [BLOCK_L, BLOCK_C, 2]
+        lo = tl.broadcast_to(tl.maximum(idx - 1, 0)[:, None, None], [BLOCK_L, BLOCK_C, 2])
+        hi = tl.broadcast_to(tl.minimum(idx + 1, BLOCK_L - 1)[:, None, None], [BLOCK_L, BLOCK_C, 2])
+        which = tl.broadcast_to(tl.arange(0, 2)[None, None, :], [BLOCK_L, BLOCK_C, 2])
+        g = tl.gather(two, tl.where(which == 0, lo, hi), 0)
+        up, dn = tl.split(g)
+        up = tl.where((idx > 0)[:, None], up, 0.0)
+        dn = tl.where((idx < BLOCK_L - 1)[:, None], dn, 0.0)
+        return up, dn
+    else:
+        return _shift_prev(a, idx, BLOCK_L, BLOCK_C), _shift_next(b, idx, BLOCK_L, BLOCK_C)
+
+
+@triton.jit
 def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
     """Normalised gates (g1, g2, g3) and the sigmoid values / sum needed by the backward."""
     if NORM:
@@ -83,6 +100,22 @@ def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
 
 
 @triton.jit
+def _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan, z_scan, pos, mask, zmask,
+               HAS_U: tl.constexpr):
+    """Load the inputs of the line at scan position ``pos`` (x, lam, the three logits, u)."""
+    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
+    lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
+    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    if HAS_U:
+        uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
+    else:
+        uv = lv
+    return xv, lv, z1, z2, z3, uv
+
+
+@triton.jit
 def gspn_fwd_kernel(
     X, LAM, Z1, Z2, Z3, U, Y, HS,
     H, W, C, GS, CHUNK, NCHUNK, NCB,
@@ -90,11 +123,15 @@ def gspn_fwd_kernel(
     spb, spr, spc, spd, spch,
     szb, szr, szc, szd, szg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr,
-    PREFETCH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZROW: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Forward scan. x: X[b, r, c, ch]; per-direction tensors P[b, r, c, d, ch]; logits Zk[b, r, c, d, g].
 
     Writes Y = u * h (or h) in Y's dtype and, if SAVE_H, the state h to HS (same strides as Y).
+    ZROW: the whole channel block shares one gate group (GS % BLOCK_C == 0), so the gates are
+    loaded and normalised once per line position and broadcast over the channels.
+    PREFETCH: how many lines ahead the loads are issued (0, 1 or 2).
     """
     pid = tl.program_id(0)
     b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
@@ -107,55 +144,50 @@ def gspn_fwd_kernel(
     p_scan = tl.where(is_col, spc, spr)
     z_line = tl.where(is_col, szr, szc)
     z_scan = tl.where(is_col, szc, szr)
+    step = tl.where(rev, -1, 1)
+    first = tl.where(rev, start + n - 1, start)
 
     idx = tl.arange(0, BLOCK_L)
     ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok1 = idx < L
     mask = row_ok1[:, None] & (ch < C)[None, :]
-    row_ok = tl.broadcast_to(row_ok1[:, None], [BLOCK_L, BLOCK_C])
-    has_prev = tl.broadcast_to(((idx > 0) & row_ok1)[:, None], [BLOCK_L, BLOCK_C])
-    has_next = tl.broadcast_to((idx < L - 1)[:, None], [BLOCK_L, BLOCK_C])
+    if ZROW:
+        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)
+        zmask = row_ok1[:, None]
+    else:
+        zch = ch // GS
+        zmask = mask
+    row_ok = row_ok1[:, None]
+    has_prev = ((idx > 0) & row_ok1)[:, None]
+    has_next = (idx < L - 1)[:, None]
 
     x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
     p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
-    z_off = b64 * szb + idx[:, None] * z_line + (ch // GS)[None, :] * szg + d * szd
+    z_off = b64 * szb + idx[:, None] * z_line + zch[None, :] * szg + d * szd
 
     h = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
-    # step 0 loads
-    pos = tl.where(rev, start + n - 1, start)
-    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
-    lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
-    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=mask, other=0.0)
-    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=mask, other=0.0)
-    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=mask, other=0.0)
-    if HAS_U:
-        uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
-    for t in range(0, n):
-        pos = tl.where(rev, start + n - 1 - t, start + t)
-        if PREFETCH:
-            posn = tl.where(rev, pos - 1, pos + 1)
-            mn = mask & (t + 1 < n)
-            xn = tl.load(x_base + posn * x_scan, mask=mn, other=0.0)
-            ln = tl.load(LAM + p_off + posn * p_scan, mask=mn, other=0.0)
-            z1n = tl.load(Z1 + z_off + posn * z_scan, mask=mn, other=0.0)
-            z2n = tl.load(Z2 + z_off + posn * z_scan, mask=mn, other=0.0)
-            z3n = tl.load(Z3 + z_off + posn * z_scan, mask=mn, other=0.0)
-            if HAS_U:
-                un = tl.load(U + p_off + posn * p_scan, mask=mn, other=0.0)
+    if PREFETCH >= 1:
+        xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan, z_scan,
+                                            first, mask, zmask, HAS_U)
+    if PREFETCH >= 2:
+        ok1 = n > 1
+        xv1, lv1, z11, z21, z31, uv1 = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan,
+                                                  z_scan, first + step, mask & ok1, zmask & ok1, HAS_U)
+    for t in tl.range(0, n, num_stages=NUM_STAGES):
+        pos = first + step * t
+        if PREFETCH == 0:
+            xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan,
+                                                z_scan, pos, mask, zmask, HAS_U)
         else:
-            xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
-            lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
-            z1 = tl.load(Z1 + z_off + pos * z_scan, mask=mask, other=0.0)
-            z2 = tl.load(Z2 + z_off + pos * z_scan, mask=mask, other=0.0)
-            z3 = tl.load(Z3 + z_off + pos * z_scan, mask=mask, other=0.0)
-            if HAS_U:
-                uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
+            okn = (t + PREFETCH) < n
+            xn, ln, z1n, z2n, z3n, un = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan,
+                                                   z_scan, pos + PREFETCH * step, mask & okn, zmask & okn, HAS_U)
         g1, g2, g3, _s1, _s2, _s3, _inv = _gates(
             z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
         )
-        h_up = _shift_prev(h, idx, BLOCK_L, BLOCK_C)
-        h_dn = _shift_next(h, idx, BLOCK_L, BLOCK_C)
-        h = lv.to(tl.float32) * xv.to(tl.float32) + g1 * h_up + g2 * h + g3 * h_dn
+        inp = lv.to(tl.float32) * xv.to(tl.float32)
+        h_up, h_dn = _shift_pair(h, h, idx, BLOCK_L, BLOCK_C, JOINED)
+        h = inp + g1 * h_up + g2 * h + g3 * h_dn
         h = tl.where(mask, h, 0.0)
         out = h
         if HAS_U:
@@ -163,14 +195,32 @@ def gspn_fwd_kernel(
         tl.store(Y + p_off + pos * p_scan, out.to(Y.dtype.element_ty), mask=mask)
         if SAVE_H:
             tl.store(HS + p_off + pos * p_scan, h.to(HS.dtype.element_ty), mask=mask)
-        if PREFETCH:
-            xv = xn
-            lv = ln
-            z1 = z1n
-            z2 = z2n
-            z3 = z3n
-            if HAS_U:
-                uv = un
+        if PREFETCH == 1:
+            xv, lv, z1, z2, z3, uv = xn, ln, z1n, z2n, z3n, un
+        if PREFETCH == 2:
+            xv, lv, z1, z2, z3, uv = xv1, lv1, z11, z21, z31, uv1
+            xv1, lv1, z11, z21, z31, uv1 = xn, ln, z1n, z2n, z3n, un
+
+
+@triton.jit
+def _load_bwd_step(X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
+                   pos, posp, mask, zmask, mp, mp_up, mp_dn, HAS_U: tl.constexpr):
+    """Backward inputs of scan position ``pos``; h of the previous traversal step ``posp`` and its
+    line neighbours (read from memory, so no register shift is needed for them)."""
+    dy = tl.load(DY + p_off + pos * p_scan, mask=mask, other=0.0)
+    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
+    lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
+    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    if HAS_U:
+        uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
+    else:
+        uv = dy
+    hp = tl.load(HS + p_off + posp * p_scan, mask=mp, other=0.0)
+    hp_up = tl.load(HS + p_off - p_line + posp * p_scan, mask=mp_up, other=0.0)
+    hp_dn = tl.load(HS + p_off + p_line + posp * p_scan, mask=mp_dn, other=0.0)
+    return dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn
 
 
 @triton.jit
@@ -183,13 +233,16 @@ def gspn_bwd_kernel(
     szb, szr, szc, szd, szg,
     sdb, sdr, sdc, sdd, sdk, sdg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr,
-    GROUP_MODE: tl.constexpr, GSB: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    GROUP_MODE: tl.constexpr, GSB: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
+    PREFETCH: tl.constexpr, ZROW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
     tensors). Writes DXD (per-direction lam*dh, x's grad before the sum over directions), DLAM,
-    DU (if HAS_U) and DZ (gate-logit grads; GROUP_MODE 0: per channel = group, 1: summed over the
-    group inside the block, 2: per channel into a scratch the caller reduces).
+    DU (if HAS_U) and DZ, the gate-logit grads:
+    GROUP_MODE 0: one gate per channel; 1: groups of GSB (power of two) channels summed in the block;
+    2: per channel into a scratch the caller sums over each group;
+    3: the block lies inside one group (gates loaded once per line position): one partial sum
+       per block, at DZ[..., k, cb], summed over the group's blocks by the caller.
     """
     pid = tl.program_id(0)
     b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
@@ -204,58 +257,78 @@ def gspn_bwd_kernel(
     z_scan = tl.where(is_col, szc, szr)
     d_line = tl.where(is_col, sdr, sdc)
     d_scan = tl.where(is_col, sdc, sdr)
+    # traversal step t visits pos(t) = first + step*t; the backward walks t = n-1 ... 0
+    step = tl.where(rev, -1, 1)
+    first = tl.where(rev, start + n - 1, start)
 
     idx = tl.arange(0, BLOCK_L)
     ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok1 = idx < L
-    cmask = ch < C
-    mask = row_ok1[:, None] & cmask[None, :]
-    row_ok = tl.broadcast_to(row_ok1[:, None], [BLOCK_L, BLOCK_C])
-    has_prev = tl.broadcast_to(((idx > 0) & row_ok1)[:, None], [BLOCK_L, BLOCK_C])
-    has_next = tl.broadcast_to((idx < L - 1)[:, None], [BLOCK_L, BLOCK_C])
-    mask_up = has_prev & mask  # neighbour i-1 exists
-    mask_dn = has_next & mask  # neighbour i+1 exists
+    mask = row_ok1[:, None] & (ch < C)[None, :]
+    if ZROW:
+        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)
+        zmask = row_ok1[:, None]
+    else:
+        zch = ch // GS
+        zmask = mask
+    row_ok = row_ok1[:, None]
+    has_prev = ((idx > 0) & row_ok1)[:, None]
+    has_next = (idx < L - 1)[:, None]
+    mask_up = has_prev & mask
+    mask_dn = has_next & mask
 
     x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
     p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
-    z_off = b64 * szb + idx[:, None] * z_line + (ch // GS)[None, :] * szg + d * szd
-    # backward walk: traversal step t from n-1 down to 0; pos(t) is the grid position of step t
+    z_off = b64 * szb + idx[:, None] * z_line + zch[None, :] * szg + d * szd
+    dz_base = DZ + b64 * sdb + d * sdd
+
     q1 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     q2 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     q3 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
-    # h at step t (current) is loaded once and becomes "h of the next step" in the following iter
-    t0 = n - 1
-    pos = tl.where(rev, start + n - 1 - t0, start + t0)
-    hv = tl.load(HS + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
-    for it in range(0, n):
+    last = first + step * (n - 1)
+    hv = tl.load(HS + p_off + last * p_scan, mask=mask, other=0.0)
+    if PREFETCH >= 1:
+        okp = n > 1
+        dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = _load_bwd_step(
+            X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
+            last, last - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U)
+    for it in tl.range(0, n, num_stages=NUM_STAGES):
         t = n - 1 - it
-        pos = tl.where(rev, start + n - 1 - t, start + t)
-        posp = tl.where(rev, pos + 1, pos - 1)  # grid position of traversal step t-1
-        mp = mask & (t > 0)
-        # h of the previous traversal step and its line neighbours (read from memory: no shift)
-        hp = tl.load(HS + p_off + posp * p_scan, mask=mp, other=0.0).to(tl.float32)
-        hp_up = tl.load(HS + p_off - p_line + posp * p_scan, mask=mp & has_prev, other=0.0).to(tl.float32)
-        hp_dn = tl.load(HS + p_off + p_line + posp * p_scan, mask=mp & has_next, other=0.0).to(tl.float32)
-        dy = tl.load(DY + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
-        xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0).to(tl.float32)
-        lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
-        z1 = tl.load(Z1 + z_off + pos * z_scan, mask=mask, other=0.0).to(tl.float32)
-        z2 = tl.load(Z2 + z_off + pos * z_scan, mask=mask, other=0.0).to(tl.float32)
-        z3 = tl.load(Z3 + z_off + pos * z_scan, mask=mask, other=0.0).to(tl.float32)
-        if HAS_U:
-            uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0).to(tl.float32)
-            dyh = dy * uv
-            tl.store(DU + p_off + pos * p_scan, (dy * hv).to(DU.dtype.element_ty), mask=mask)
+        pos = first + step * t
+        if PREFETCH == 0:
+            okp = t > 0
+            dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = _load_bwd_step(
+                X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
+                pos, pos - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U)
         else:
-            dyh = dy
-        dh = dyh + _shift_prev(q3, idx, BLOCK_L, BLOCK_C) + q2 + _shift_next(q1, idx, BLOCK_L, BLOCK_C)
+            okn = t > 0  # step t-1 exists
+            okpn = t > 1  # and has a predecessor
+            dyn, xn, ln, z1n, z2n, z3n, un, hpn, hpun, hpdn = _load_bwd_step(
+                X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
+                pos - step, pos - 2 * step, mask & okn, zmask & okn, mask & okpn, mask_up & okpn, mask_dn & okpn,
+                HAS_U)
+        dyf = dy.to(tl.float32)
+        hvf = hv.to(tl.float32)
+        if HAS_U:
+            dyh = dyf * uv.to(tl.float32)
+            tl.store(DU + p_off + pos * p_scan, (dyf * hvf).to(DU.dtype.element_ty), mask=mask)
+        else:
+            dyh = dyf
+        q3_up, q1_dn = _shift_pair(q3, q1, idx, BLOCK_L, BLOCK_C, JOINED)
+        dh = dyh + q3_up + q2 + q1_dn
         dh = tl.where(mask, dh, 0.0)
-        g1, g2, g3, s1, s2, s3, inv = _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM)
-        tl.store(DLAM + p_off + pos * p_scan, (xv * dh).to(DLAM.dtype.element_ty), mask=mask)
-        tl.store(DXD + p_off + pos * p_scan, (lv * dh).to(DXD.dtype.element_ty), mask=mask)
-        dg1 = dh * hp_up
-        dg2 = dh * hp
-        dg3 = dh * hp_dn
+        g1, g2, g3, s1, s2, s3, inv = _gates(
+            z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
+        )
+        tl.store(DLAM + p_off + pos * p_scan, (xv.to(tl.float32) * dh).to(DLAM.dtype.element_ty), mask=mask)
+        tl.store(DXD + p_off + pos * p_scan, (lv.to(tl.float32) * dh).to(DXD.dtype.element_ty), mask=mask)
+        dg1 = dh * hp_up.to(tl.float32)
+        dg2 = dh * hp.to(tl.float32)
+        dg3 = dh * hp_dn.to(tl.float32)
+        if ZROW:
+            dg1 = tl.sum(dg1, axis=1, keep_dims=True)
+            dg2 = tl.sum(dg2, axis=1, keep_dims=True)
+            dg3 = tl.sum(dg3, axis=1, keep_dims=True)
         if NORM:
             dot = g1 * dg1 + g2 * dg2 + g3 * dg3
             dz1 = tl.where(has_prev, (dg1 - dot) * inv * s1 * (1.0 - s1), 0.0)
@@ -265,19 +338,24 @@ def gspn_bwd_kernel(
             dz1 = dg1
             dz2 = dg2
             dz3 = dg3
-        dz_base = DZ + b64 * sdb + d * sdd + pos * d_scan
+        dzp = dz_base + pos * d_scan
         if GROUP_MODE == 1:
             r1 = tl.sum(tl.reshape(dz1, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
             r2 = tl.sum(tl.reshape(dz2, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
             r3 = tl.sum(tl.reshape(dz3, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
             gidx = cb * (BLOCK_C // GSB) + tl.arange(0, BLOCK_C // GSB)
             gmask = row_ok1[:, None] & (gidx * GSB < C)[None, :]
-            goff = dz_base + idx[:, None] * d_line + gidx[None, :] * sdg
+            goff = dzp + idx[:, None] * d_line + gidx[None, :] * sdg
             tl.store(goff, r1.to(DZ.dtype.element_ty), mask=gmask)
             tl.store(goff + sdk, r2.to(DZ.dtype.element_ty), mask=gmask)
             tl.store(goff + 2 * sdk, r3.to(DZ.dtype.element_ty), mask=gmask)
+        elif GROUP_MODE == 3:
+            roff = dzp + idx[:, None] * d_line + cb * sdg
+            tl.store(roff, dz1.to(DZ.dtype.element_ty), mask=row_ok)
+            tl.store(roff + sdk, dz2.to(DZ.dtype.element_ty), mask=row_ok)
+            tl.store(roff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=row_ok)
         else:
-            coff = dz_base + idx[:, None] * d_line + ch[None, :] * sdg
+            coff = dzp + idx[:, None] * d_line + ch[None, :] * sdg
             tl.store(coff, dz1.to(DZ.dtype.element_ty), mask=mask)
             tl.store(coff + sdk, dz2.to(DZ.dtype.element_ty), mask=mask)
             tl.store(coff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=mask)
@@ -285,3 +363,5 @@ def gspn_bwd_kernel(
         q2 = g2 * dh
         q3 = g3 * dh
         hv = hp
+        if PREFETCH >= 1:
+            dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = dyn, xn, ln, z1n, z2n, z3n, un, hpn, hpun, hpdn

@@ -1,0 +1,157 @@
+"""``cgspn bench op``: the fused GSPN operator against the copy roofline and the per-line loop.
+
+For each shape (B, H, W, C), gate groups G and dtype it reports median forward and backward
+milliseconds of the fused kernel, the bytes the op must move (each input read once, each output
+written once: "unique bytes"), the achieved GB/s on those bytes, that as a % of the device-to-device
+copy bandwidth measured in the same run, and the speedup over the per-line PyTorch loop (the
+reference backend: one vectorised step per line, as GSPN-1's pure-PyTorch path).
+
+``--sweep`` also times a grid of launch configurations per shape and reports the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Any
+
+import torch
+
+from .common import copy_bandwidth_gbs, print_table, run_metadata, time_fn, write_json
+
+DEFAULT_SHAPES = "32,74,74,64;32,147,147,64;1,147,147,64;64,14,14,768"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shapes", default=DEFAULT_SHAPES, help="';'-separated B,H,W,C (default: %(default)s)")
+    p.add_argument("--groups", default="C,1", help="gate groups G per shape: comma list of ints or 'C' (default: %(default)s)")
+    p.add_argument("--dtypes", default="bf16,fp32", help="comma list of bf16, fp16, fp32 (default: %(default)s)")
+    p.add_argument("--chunk", type=int, default=None, help="window length along the scan axis (default: global)")
+    p.add_argument("--no-u", action="store_true", help="benchmark without the output gate u")
+    p.add_argument("--iters", type=int, default=20, help="timed repetitions (median reported)")
+    p.add_argument("--baseline-max-elems", type=float, default=2e9,
+                   help="skip the per-line loop baseline above this many B*H*W*4*C elements")
+    p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
+    p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
+
+
+def _parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    shapes = []
+    for part in text.split(";"):
+        vals = tuple(int(v) for v in part.split(","))
+        if len(vals) != 4:
+            raise ValueError(f"--shapes: each shape is B,H,W,C; got {part!r}")
+        shapes.append(vals)  # type: ignore[arg-type]
+    return shapes
+
+
+def op_bytes(B: int, H: int, W: int, C: int, G: int, itemsize: int, with_u: bool) -> dict[str, int]:
+    """Unique bytes of the forward and backward (each tensor read or written once)."""
+    P = B * H * W
+    x, per_dir, z = P * C, P * 4 * C, P * 4 * 3 * G
+    fwd = x + per_dir + z + per_dir + (per_dir if with_u else 0)  # x, lam, z, y, (u)
+    # backward reads x, lam, z, h (or y), dy, (u) and writes dx, dlam, dz, (du)
+    bwd = (x + per_dir + z + per_dir + per_dir) + (x + per_dir + z) + ((2 * per_dir) if with_u else 0)
+    return {"fwd": fwd * itemsize, "bwd": bwd * itemsize}
+
+
+def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, device=device, dtype=torch.float32).to(dtype)
+    x = mk(B, H, W, C)
+    lam = mk(B, H, W, 4, C)
+    z = mk(B, H, W, 4, 3, G)
+    u = mk(B, H, W, 4, C) if with_u else None
+    dy = mk(B, H, W, 4, C)
+    return x, lam, z, u, dy
+
+
+def sweep_configs(L: int, C: int) -> list[Any]:
+    from cgspn.ops.gspn import triton_backend as TB
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    default = TB.forward_config(L, C)
+    bl = default.block_l
+    cmax = _next_pow2(C)
+    bcs = sorted({min(cmax, max(1, b)) for b in (default.block_c // 2, default.block_c, default.block_c * 2)})
+    modes = [(1, 1, False), (1, 1, True), (2, 1, False), (2, 1, True)]
+    out = []
+    for bc, (pf, st, jn) in itertools.product(bcs, modes):
+        warps = max(2, min(8, bl * bc // 512))
+        out.append(LaunchConfig(bl, bc, warps, pf, st, jn))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from cgspn.ops import gspn2d
+    from cgspn.ops.gspn import triton_backend as TB
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device here (the fused kernel needs a GPU)")
+    with_u = not args.no_u
+    meta = run_metadata(device)
+    copy_gbs = copy_bandwidth_gbs(device) if device.type == "cuda" else None
+    meta["copy_bandwidth_gbs"] = copy_gbs
+    print(f"# device {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, copy bandwidth {copy_gbs and round(copy_gbs)} GB/s", flush=True)
+    rows, sweeps = [], []
+    for (B, H, W, C), dname in itertools.product(_parse_shapes(args.shapes), args.dtypes.split(",")):
+        dtype = DTYPES[dname]
+        for gtxt in args.groups.split(","):
+            G = C if gtxt.strip() == "C" else int(gtxt)
+            x, lam, z, u, dy = _inputs(B, H, W, C, G, dtype, device, with_u)
+            nbytes = op_bytes(B, H, W, C, G, dtype.itemsize, with_u)
+            if args.sweep:
+                for cfg in sweep_configs(max(H, W), C):
+                    try:
+                        f = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg), iters=args.iters, device=device)
+                        _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True, cfg)
+                        h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg)[0]
+                        bw = time_fn(lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk, cfg), iters=args.iters, device=device)
+                    except Exception as e:  # a config that fails to compile (resources) is reported, not fatal
+                        sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "config": cfg.__dict__, "error": str(e)[:200]})
+                        continue
+                    sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "config": cfg.__dict__, "fwd_ms": f, "bwd_ms": bw,
+                                   "fwd_gbs": nbytes["fwd"] / f / 1e6, "bwd_gbs": nbytes["bwd"] / bw / 1e6})
+                    print(f"sweep {B},{H},{W},{C} G={G} {dname} {cfg}: fwd {f:.4f} ms ({nbytes['fwd'] / f / 1e6:.0f} GB/s) bwd {bw:.4f} ms ({nbytes['bwd'] / bw / 1e6:.0f} GB/s)", flush=True)
+            fwd = lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="triton")
+            ms_f = time_fn(fwd, iters=args.iters, device=device)
+            _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
+            h = hs if hs is not None else fwd()
+            ms_b = time_fn(lambda: torch.ops.cgspn.gspn2d_bwd(dy, x, lam, z, u, h, args.chunk or 0), iters=args.iters, device=device)
+            row: dict[str, Any] = {
+                "B": B, "H": H, "W": W, "C": C, "G": G, "dtype": dname, "u": with_u, "chunk": args.chunk,
+                "fwd_ms": ms_f, "bwd_ms": ms_b,
+                "fwd_MB": nbytes["fwd"] / 1e6, "bwd_MB": nbytes["bwd"] / 1e6,
+                "fwd_GBs": nbytes["fwd"] / ms_f / 1e6, "bwd_GBs": nbytes["bwd"] / ms_b / 1e6,
+                "fwd_config": TB.forward_config(max(H, W), C).__dict__,
+            }
+            if copy_gbs:
+                row["fwd_pct_copy"] = 100 * row["fwd_GBs"] / copy_gbs
+                row["bwd_pct_copy"] = 100 * row["bwd_GBs"] / copy_gbs
+            if not args.no_baseline and B * H * W * 4 * C <= args.baseline_max_elems:
+                ref_f = time_fn(lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="reference"), warmup=1, iters=3, device=device)
+                xs = [t.detach().requires_grad_() for t in (x, lam, z)] + ([u.detach().requires_grad_()] if u is not None else [])
+
+                def ref_fb():
+                    y = gspn2d(xs[0], xs[1], xs[2], u=xs[3] if u is not None else None, chunk=args.chunk, backend="reference")
+                    torch.autograd.grad(y, xs, dy)
+
+                ref_fb_ms = time_fn(ref_fb, warmup=1, iters=3, device=device)
+                row["loop_fwd_ms"] = ref_f
+                row["loop_fwd_bwd_ms"] = ref_fb_ms
+                row["speedup_fwd"] = ref_f / ms_f
+                row["speedup_fwd_bwd"] = ref_fb_ms / (ms_f + ms_b)
+            rows.append(row)
+            print(f"{B},{H},{W},{C} G={G} {dname}: fwd {ms_f:.4f} ms {row['fwd_GBs']:.0f} GB/s, bwd {ms_b:.4f} ms {row['bwd_GBs']:.0f} GB/s", flush=True)
+            del x, lam, z, u, dy, h
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    cols = ["B", "H", "W", "C", "G", "dtype", "fwd_ms", "fwd_GBs", "fwd_pct_copy", "bwd_ms", "bwd_GBs", "bwd_pct_copy", "speedup_fwd", "speedup_fwd_bwd"]
+    table = print_table(rows, cols)
+    path = write_json(args.out, {"meta": meta, "rows": rows, "sweep": sweeps, "table": table})
+    print(f"# wrote {path}")
+    return 0

@@ -1,0 +1,127 @@
+"""The fused Triton kernels against the reference: outputs and every gradient.
+
+On CPU they run under the Triton interpreter (TRITON_INTERPRET=1, set in conftest.py) on small
+awkward shapes; the same tests run on a GPU, where ``tests/ops/test_gspn_gpu.py`` adds large ones.
+"""
+
+import pytest
+import torch
+
+from cgspn.ops import available_backends, gspn2d, line_scan, normalize_gates
+
+from ._tolerance import assert_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif("triton" not in available_backends(DEVICE), reason="Triton backend not runnable here")
+
+
+def _run(fn, inputs, dy):
+    out = fn(*inputs)
+    grads = torch.autograd.grad(out, [t for t in inputs if t is not None], dy)
+    return out, grads
+
+
+def gspn_case(B, H, W, C, G, chunk, with_u, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s, scale=1.0: (scale * torch.randn(*s, generator=g)).to(DEVICE, dtype).requires_grad_()
+    x, lam = mk(B, H, W, C), mk(B, H, W, 4, C)
+    z = mk(B, H, W, 4, 3, G, scale=2.0)
+    u = mk(B, H, W, 4, C) if with_u else None
+    dy = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE, dtype)
+    ref_in = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in (x, lam, z, u)]
+    want, want_g = _run(lambda a, b, c, d: gspn2d(a, b, c, u=d, chunk=chunk, backend="reference"), ref_in, dy.double().cpu())
+    got, got_g = _run(lambda a, b, c, d: gspn2d(a, b, c, u=d, chunk=chunk, backend="triton"), [x, lam, z, u], dy)
+    return got, got_g, want, want_g
+
+
+CASES = [
+    # (B, H, W, C, G, chunk, with_u)
+    (2, 5, 7, 8, 8, None, True),
+    (1, 6, 4, 8, 1, 2, False),
+    (2, 3, 5, 6, 2, 3, True),  # group size 3: not a power of two
+    (1, 1, 5, 4, 4, None, True),  # 1 x N
+    (1, 5, 1, 4, 2, 2, False),  # N x 1
+    (1, 9, 3, 3, 3, 7, True),  # odd channels, chunk longer than one side
+    (1, 4, 4, 40, 5, None, True),  # more channels than one block
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}W{}C{}G{}ck{}u{}".format(*c))
+def test_gspn2d_triton_matches_reference(case):
+    got, got_g, want, want_g = gspn_case(*case)
+    assert got.dtype == torch.float32
+    assert_close("y", got, want, 1e-5)
+    for name, a, b in zip(("dx", "dlam", "dgate_logits", "du"), got_g, want_g):
+        assert_close(name, a, b, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gspn2d_triton_half_io(dtype):
+    got, got_g, want, want_g = gspn_case(2, 5, 6, 8, 2, None, True, dtype=dtype, seed=1)
+    assert got.dtype == dtype and all(g.dtype == dtype for g in got_g)
+    ratio = {torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
+    assert_close("y", got, want, ratio)
+    for name, a, b in zip(("dx", "dlam", "dgate_logits", "du"), got_g, want_g):
+        assert_close(name, a, b, ratio * 2)
+
+
+@pytest.mark.parametrize("shape,chunk", [((2, 3, 5, 7), None), ((1, 2, 1, 6), 4), ((1, 3, 6, 2), 1)])
+def test_line_scan_triton_matches_reference(shape, chunk):
+    g = torch.Generator().manual_seed(2)
+    mk = lambda: torch.randn(*shape, generator=g).to(DEVICE).requires_grad_()
+    x, lam = mk(), mk()
+    gates = [t.detach().requires_grad_() for t in normalize_gates(*(2 * torch.randn(3, *shape, generator=g)).to(DEVICE))]
+    dy = torch.randn(*shape, generator=g).to(DEVICE)
+    ins = [x, lam, *gates]
+    want, want_g = _run(lambda *a: line_scan(*a, chunk=chunk, backend="reference"), ins, dy)
+    got, got_g = _run(lambda *a: line_scan(*a, chunk=chunk, backend="triton"), ins, dy)
+    assert_close("h", got, want, 1e-5)
+    for name, a, b in zip(("dx", "dlam", "dg1", "dg2", "dg3"), got_g, want_g):
+        assert_close(name, a, b, 1e-5)
+
+
+def test_backward_is_deterministic_and_leaves_grad_output_alone():
+    g = torch.Generator().manual_seed(3)
+    B, H, W, C, G = 1, 4, 5, 8, 2
+    x = torch.randn(B, H, W, C, generator=g).to(DEVICE).requires_grad_()
+    lam = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE).requires_grad_()
+    z = torch.randn(B, H, W, 4, 3, G, generator=g).to(DEVICE).requires_grad_()
+    u = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE).requires_grad_()
+    dy = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE)
+    dy_copy = dy.clone()
+    runs = [torch.autograd.grad(gspn2d(x, lam, z, u=u, backend="triton"), (x, lam, z, u), dy) for _ in range(2)]
+    assert torch.equal(dy, dy_copy)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_opcheck_registered_ops():
+    g = torch.Generator().manual_seed(4)
+    B, H, W, C, G = 1, 3, 4, 4, 2
+    x = torch.randn(B, H, W, C, generator=g).to(DEVICE).requires_grad_()
+    lam = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE).requires_grad_()
+    z = torch.randn(B, H, W, 4, 3, G, generator=g).to(DEVICE).requires_grad_()
+    u = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE).requires_grad_()
+    torch.library.opcheck(torch.ops.cgspn.gspn2d_fwd.default, (x, lam, z, u, 2, True))
+    torch.library.opcheck(torch.ops.cgspn.gspn2d_fwd.default, (x, lam, z, None, 0, True))
+    t = [torch.randn(1, 2, 3, 4, generator=g).to(DEVICE).requires_grad_() for _ in range(5)]
+    torch.library.opcheck(torch.ops.cgspn.line_scan_fwd.default, (*t, 0))
+
+
+def test_torch_compile_fullgraph_traces_the_op():
+    g = torch.Generator().manual_seed(5)
+    B, H, W, C, G = 1, 3, 4, 4, 4
+    x = torch.randn(B, H, W, C, generator=g).to(DEVICE).requires_grad_()
+    lam = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE)
+    z = torch.randn(B, H, W, 4, 3, G, generator=g).to(DEVICE)
+
+    def f(x, lam, z):
+        return gspn2d(torch.tanh(x), lam, z, backend="triton").sum(3).square().mean()
+
+    eager = f(x, lam, z)
+    (ge,) = torch.autograd.grad(eager, x)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = compiled(x, lam, z)
+    (gc,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, eager)
+    torch.testing.assert_close(gc, ge)
