@@ -108,3 +108,23 @@ def test_student_taps_match_forward(pair):
         taps = forward_taps(student, x)
         torch.testing.assert_close(taps.final, student.forward_features(x))
     assert taps.grid == (5, 4)
+
+
+def test_siglip_style_teacher_map_pool_no_class_token():
+    from cgspn.distill.teachers import timm_teacher
+
+    t = timm_teacher("vit_tiny_patch16_224", model_kwargs=dict(depth=2, embed_dim=64, num_heads=2, patch_size=8,
+                                                               img_size=32, global_pool="map", class_token=False,
+                                                               act_layer="gelu_tanh"))
+    student, spec, _ = build_student(t.model, t.name)
+    assert spec.kwargs["global_pool"] == "map" and not spec.kwargs["class_token"]
+    assert spec.kwargs["act_layer"] == "gelu_tanh"
+    assert student.num_prefix_tokens == 0
+    for (n, a), b in zip(t.model.attn_pool.state_dict().items(), student.attn_pool.state_dict().values()):
+        assert torch.equal(a, b), n
+    obj = Stage2Objective(student, {"summary": 0.0, "feature": 0.0})  # pooling head frozen, nothing unused
+    x = torch.randn(2, 3, 32, 32)
+    loss, _ = obj(x, t(x, obj.want))
+    loss.backward()
+    assert all(p.grad is not None for p in obj.trainable_parameters())
+    assert not any(p.requires_grad for p in student.attn_pool.parameters())

@@ -129,6 +129,22 @@ class Stage2Objective(nn.Module):
                 p.requires_grad_(True)
         elif trainable != "all":
             raise ValueError(f"trainable must be 'all' or 'mixers', got {trainable!r}")
+        self._freeze_unused()
+
+    def _freeze_unused(self) -> None:
+        """Freeze the parts no enabled loss reaches (DDP requires every trainable parameter to get
+        a gradient): the pooling head without summary / image-text losses, and the final norm when
+        the final tokens are not used either."""
+        c = self.cfg
+        uses_summary = c["summary"] > 0 or c["itc"] > 0 or c["itc_distill"] > 0
+        parts = [] if uses_summary else ["attn_pool", "fc_norm", "head"]
+        if not uses_summary and c["feature"] <= 0:
+            parts.append("norm")
+        for name in parts:
+            mod = getattr(self.student, name, None)
+            if isinstance(mod, nn.Module):
+                for p in mod.parameters():
+                    p.requires_grad_(False)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

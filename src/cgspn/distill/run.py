@@ -112,6 +112,28 @@ def _stage_teacher(plan: StagePlan, base: Teacher, run_dir: Path, env: DistEnv) 
     return UpsampledTeacher(frozen, plan.teacher_resolution)
 
 
+def _load_student_weights(student: torch.nn.Module, spec: StudentSpec, path: str | os.PathLike) -> dict[str, Any]:
+    """Load an exported student (``save_student``) into ``student``; the architectures must match."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"student checkpoint not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    import json
+
+    info = json.loads(meta.get("cgspn_student", "{}"))
+    if info and (info.get("model"), info.get("kwargs")) != (spec.name, spec.kwargs):
+        raise ValueError(f"student checkpoint {path} is a {info.get('model')} with other kwargs than the student "
+                         f"this config builds ({spec.name})")
+    missing, unexpected = student.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"student checkpoint {path} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return {"checkpoint": str(path)}
+
+
 def distill(
     cfg: dict[str, Any],
     *,
@@ -158,6 +180,8 @@ def distill(
         s = cfg["student"]
         student, spec, init_info = build_student(teacher.model, teacher.name, s["name"], s.get("kwargs") or {},
                                                  bool(s["init_from_teacher"]))
+        if s.get("checkpoint"):
+            init_info = _load_student_weights(student, spec, s["checkpoint"])
         student = student.to(env.device)
         meta = {"model": spec.name, "kwargs": spec.kwargs, "teacher": teacher.name, "teacher_source": teacher.source,
                 "mean": list(teacher.mean), "std": list(teacher.std), "resolution": plans[-1].resolution}
