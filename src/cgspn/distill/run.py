@@ -153,6 +153,9 @@ def distill(
     if int(eng.get("threads", 0)) > 0:
         torch.set_num_threads(int(eng["threads"]))
     env = init_distributed(eng["device"], eng["backend"])
+    if env.device.type == "cuda" and eng.get("tf32", True):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     monitor = None
     try:
         run_dir = _run_dir(cfg, env, str(resume_dir) if resume_dir else None)
