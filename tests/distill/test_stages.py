@@ -128,3 +128,16 @@ def test_siglip_style_teacher_map_pool_no_class_token():
     loss.backward()
     assert all(p.grad is not None for p in obj.trainable_parameters())
     assert not any(p.requires_grad for p in student.attn_pool.parameters())
+
+
+def test_image_text_losses_with_open_clip_teacher(tiny_open_clip_configs, tiny_cfg):
+    """Stage 2 with the SigLIP loss and logit distillation against the teacher's frozen text tower
+    (captions of the built-in photos)."""
+    from cgspn.distill.run import distill
+
+    cfg = tiny_cfg("itc", 2, 3, ("teacher.kind=open_clip", "teacher.name=cgspn-test-sig", "teacher.model_kwargs={}",
+                                 "stage2.loss.itc=1.0", "stage2.loss.itc_distill=0.5"))
+    rep = distill(cfg)
+    final = rep["stages"][1]["final_metrics"]
+    assert final["itc"] > 0 and final["itc_distill"] > 0
+    assert rep["student"]["kwargs"]["num_classes"] == 32  # the projection head travels with the student

@@ -297,7 +297,8 @@ def train_stage(plan: StagePlan, ctx: StageContext, teacher: Any, resume: Checkp
                         loss, metrics = wrapped(taps)
                     else:
                         text = None
-                        if use_text and all(t is not None for t in batch["texts"]):
+                        # every rank must take the same branch (the gathers are collectives)
+                        if use_text and not any_flag(any(t is None for t in batch["texts"]), env):
                             text = gather_with_grad(text_tower.encode(batch["texts"]), env)
                         loss, metrics = wrapped(
                             images, taps, text=text,
