@@ -141,3 +141,27 @@ def test_image_text_losses_with_open_clip_teacher(tiny_open_clip_configs, tiny_c
     final = rep["stages"][1]["final_metrics"]
     assert final["itc"] > 0 and final["itc_distill"] > 0
     assert rep["student"]["kwargs"]["num_classes"] == 32  # the projection head travels with the student
+
+
+def test_grad_checkpointing_gives_the_same_gradients(tiny_teacher):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(1)
+        student, _, _ = build_student(tiny_teacher.model, tiny_teacher.name)
+        obj = Stage2Objective(student, grad_checkpointing=ckpt)
+        loss, _ = obj(x, tiny_teacher(x, obj.want))
+        loss.backward()
+        grads.append([p.grad.clone() for p in obj.trainable_parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_lamb_grad_checkpointing_run(tiny_cfg):
+    from cgspn.distill.run import distill
+
+    rep = distill(tiny_cfg("bf16", 2, 2, ("engine.precision=bf16", "engine.optimizer=lamb",
+                                          "engine.grad_checkpointing=true", "eval.enabled=false")))
+    assert all(s["loss_last"] == s["loss_last"] for s in rep["stages"])  # finite, not NaN
+    assert rep["precision"] == "bf16" and rep["fidelity"] == {}

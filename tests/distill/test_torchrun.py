@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,16 @@ def test_torchrun_two_gloo_ranks_stay_in_sync(tmp_path, mode):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cgspn.cli", "distill", *sets]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # own session, so that a hung run is killed with all its worker processes
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 240 s")
+    assert proc.returncode == 0, err[-3000:]
     events = [json.loads(line) for line in open(out / "log.jsonl")]
     syncs = [e for e in events if e.get("event") == "ranks_in_sync"]
     assert [e["stage"] for e in syncs] == ["stage1", "stage2"]
