@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 TINY_TEACHER = {
@@ -27,8 +29,20 @@ def tiny_overrides(out_dir, steps1: int = 4, steps2: int = 4) -> list[str]:
         "eval.resolution=32",
         "engine.tensorboard=false",
         "engine.progress=false",
+        "engine.threads=1",
         f"out_dir={str(out_dir)!r}",
     ]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (and CI machines are shared)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -46,3 +60,20 @@ def tiny_teacher():
     from cgspn.distill.teachers import timm_teacher
 
     return timm_teacher(TINY_TEACHER["name"], model_kwargs=TINY_TEACHER["model_kwargs"])
+
+
+@pytest.fixture
+def tiny_open_clip_configs(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    native = {"embed_dim": 32, "quick_gelu": True,
+              "vision_cfg": {"image_size": 56, "layers": 2, "width": 64, "patch_size": 14, "head_width": 32,
+                             "ls_init_value": 0.1},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    siglip = {"embed_dim": 32, "init_logit_bias": -10,
+              "vision_cfg": {"image_size": 160, "timm_model_name": "test_vit",
+                             "timm_model_pretrained": False, "timm_pool": "token", "timm_proj": "linear"},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "cgspn-test-clip.json").write_text(json.dumps(native))
+    (tmp_path / "cgspn-test-sig.json").write_text(json.dumps(siglip))
+    open_clip.add_model_config(tmp_path)
+    return open_clip

@@ -1,7 +1,5 @@
 """Teacher adapters: taps are consistent with the models' own forward passes."""
 
-import json
-
 import pytest
 import torch
 
@@ -53,23 +51,6 @@ def test_teacher_errors_are_clear(tmp_path):
         build_teacher("nope")
     with pytest.raises(ValueError, match="needs teacher.name"):
         build_teacher("timm")
-
-
-@pytest.fixture
-def tiny_open_clip_configs(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
-    native = {"embed_dim": 32, "quick_gelu": True,
-              "vision_cfg": {"image_size": 56, "layers": 2, "width": 64, "patch_size": 14, "head_width": 32,
-                             "ls_init_value": 0.1},
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    siglip = {"embed_dim": 32, "init_logit_bias": -10,
-              "vision_cfg": {"image_size": 160, "timm_model_name": "test_vit",
-                             "timm_model_pretrained": False, "timm_pool": "token", "timm_proj": "linear"},
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    (tmp_path / "cgspn-test-clip.json").write_text(json.dumps(native))
-    (tmp_path / "cgspn-test-sig.json").write_text(json.dumps(siglip))
-    open_clip.add_model_config(tmp_path)
-    return open_clip
 
 
 @pytest.mark.parametrize("name,size", [("cgspn-test-clip", 56), ("cgspn-test-sig", 160)])

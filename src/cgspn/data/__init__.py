@@ -104,7 +104,8 @@ def build_stream(
     """A batch stream for one rank from a ``data`` config section.
 
     cfg keys: kind, path, image_key, text_key, caption_template, num_workers, shuffle_buffer,
-    resampled, augment (see :class:`AugmentConfig`). ``resolution`` is the crop size.
+    resampled, cache_images (keep decoded images in memory when the dataset has at most this many),
+    augment (see :class:`AugmentConfig`). ``resolution`` is the crop size.
     """
     kind = cfg.get("kind", "photos")
     augment = Augment(resolution, _augment_config(cfg.get("augment")))
@@ -119,7 +120,8 @@ def build_stream(
         records = build_records(kind, cfg.get("path"), image_key=cfg.get("image_key"),
                                 text_key=cfg.get("text_key"),
                                 caption_template=cfg.get("caption_template", "a photo of a {}."))
-        source = RecordDataset(records, augment, seed=seed)
+        source = RecordDataset(records, augment, seed=seed,
+                               cache=len(records) <= int(cfg.get("cache_images", 0)))
     return DataStream(source, batch_size, seed=seed, rank=rank, world_size=world_size,
                       num_workers=int(cfg.get("num_workers", 0)))
 

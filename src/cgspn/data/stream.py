@@ -36,16 +36,20 @@ class RecordDataset(Dataset):
 
     ``dataset[(index, position)]`` -> ``{"image": (3, S, S) float in [0, 1], "text": str | None,
     "skipped": int, "bad": list[str]}``; ``position`` seeds the augmentation. A record that does
-    not decode is replaced by the next one (up to ``max_retries``).
+    not decode is replaced by the next one (up to ``max_retries``). ``cache`` keeps decoded images
+    in memory (per loader worker), for small datasets such as the built-in photos.
     """
 
-    def __init__(self, records: Sequence[Record], augment: Augment, seed: int = 0, max_retries: int = 64) -> None:
+    def __init__(self, records: Sequence[Record], augment: Augment, seed: int = 0, max_retries: int = 64,
+                 cache: bool = False) -> None:
         if not records:
             raise ValueError("empty dataset")
         self.records = list(records)
         self.augment = augment
         self.seed = int(seed)
         self.max_retries = max_retries
+        self.cache = cache  # keep decoded images in memory (per worker): small datasets, e.g. the photos
+        self._decoded: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -57,10 +61,12 @@ class RecordDataset(Dataset):
         for k in range(min(self.max_retries, n)):
             rec = self.records[(index + k) % n]
             try:
-                img = open_rgb(rec.path)
+                img = self._decoded[rec.path] if rec.path in self._decoded else open_rgb(rec.path)
             except CorruptSample as e:
                 bad.append(f"{rec.path}: {e}")
                 continue
+            if self.cache:
+                self._decoded[rec.path] = img
             rng = np.random.default_rng([self.seed, position, 5])
             return {"image": self.augment(img, rng), "text": rec.text, "skipped": len(bad), "bad": bad}
         raise ValueError(f"{len(bad)} unreadable images in a row starting at {self.records[index].path}")

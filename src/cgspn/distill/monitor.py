@@ -45,8 +45,13 @@ class Monitor:
         self.bar = None
         self._t0 = time.time()
         self._global = 0
+        self._stage: tuple[str, int, int, float] = ("", 0, 0, 0.0)  # name, total, first step, start time
+        self._last_line = 0.0
+        self.line_every_s = 30.0  # without a bar: one progress line at most this often
 
     def start_stage(self, stage: str, total: int, initial: int) -> None:
+        self._stage = (stage, total, initial, time.time())
+        self._last_line = time.time()
         if self.progress:
             from tqdm import tqdm
 
@@ -70,6 +75,16 @@ class Monitor:
             shown = {k: f"{float(scalars[k]):.4g}" for k in ("loss", "img_s") if k in scalars}
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update(step - self.bar.n)
+        else:
+            name, total, first, t_start = self._stage
+            now = time.time()
+            if now - self._last_line >= self.line_every_s or step == total:
+                self._last_line = now
+                done = max(1, step - first)
+                eta = (now - t_start) / done * max(0, total - step)
+                print(f"{stage} {step}/{total} loss {float(scalars.get('loss', float('nan'))):.4f} "
+                      f"{float(scalars.get('img_s', 0.0)):.1f} img/s eta {eta / 60:.1f} min",
+                      file=sys.stderr, flush=True)
 
     def line(self, text: str) -> None:
         """A human-readable line (through tqdm when a bar is active)."""

@@ -59,14 +59,17 @@ def _register_models() -> None:
     import cgspn.models  # noqa: F401  (registers cgspn_* with timm)
 
 
+_ACT_NAMES = {"QuickGELU": "quick_gelu", "GELUTanh": "gelu_tanh", "SiLU": "silu", "Swish": "silu",
+              "ReLU": "relu"}
+
+
 def _act_name(act: nn.Module) -> str:
+    """timm ``get_act_layer`` name of the teacher MLP's activation module."""
     n = type(act).__name__
-    if n == "QuickGELU":
-        return "quick_gelu"
-    if isinstance(act, nn.GELU):
+    if n == "GELU":
         return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
-    if isinstance(act, nn.SiLU):
-        return "silu"
+    if n in _ACT_NAMES:
+        return _ACT_NAMES[n]
     raise ValueError(f"teacher MLP activation {n} is not supported by the student builder")
 
 

@@ -23,7 +23,7 @@ from .objectives import Stage1Objective, Stage2Objective
 from .optim import build_optimizer, lr_factor, param_groups, set_lr
 
 __all__ = ["StagePlan", "StageContext", "Interrupted", "train_stage", "StopFlag", "wrap_objective",
-           "full_state", "autocast_ctx"]
+           "full_state", "autocast_ctx", "check_ranks_in_sync"]
 
 
 class Interrupted(Exception):
@@ -130,11 +130,13 @@ def wrap_objective(objective: nn.Module, plan: StagePlan, cfg: dict[str, Any], e
     return objective, mode
 
 
-def full_state(objective: nn.Module, optimizer: torch.optim.Optimizer | None, mode: str) -> tuple[dict, dict | None]:
+def full_state(objective: nn.Module, optimizer: torch.optim.Optimizer | None, mode: str,
+               all_ranks: bool = False) -> tuple[dict, dict | None]:
     """(full model state dict on CPU, optimizer state dict keyed by parameter names).
 
     Uses ``torch.distributed.checkpoint.state_dict`` so that DDP, FSDP and single-process runs
-    share one on-disk format. Every rank must call this under FSDP.
+    share one on-disk format. Every rank must call this under FSDP; the full tensors land on rank 0
+    only (CPU offload) unless ``all_ranks``.
     """
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -142,8 +144,10 @@ def full_state(objective: nn.Module, optimizer: torch.optim.Optimizer | None, mo
         get_optimizer_state_dict,
     )
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
     model_sd = get_model_state_dict(objective, options=opts)
+    if all_ranks:
+        model_sd = {k: v.detach().to("cpu") for k, v in model_sd.items()}
     optim_sd = get_optimizer_state_dict(objective, optimizer, options=opts) if optimizer is not None else None
     return model_sd, optim_sd
 
@@ -293,7 +297,8 @@ def train_stage(plan: StagePlan, ctx: StageContext, teacher: Any, resume: Checkp
                         loss, metrics = wrapped(taps)
                     else:
                         text = None
-                        if use_text and all(t is not None for t in batch["texts"]):
+                        # every rank must take the same branch (the gathers are collectives)
+                        if use_text and not any_flag(any(t is None for t in batch["texts"]), env):
                             text = gather_with_grad(text_tower.encode(batch["texts"]), env)
                         loss, metrics = wrapped(
                             images, taps, text=text,
@@ -362,12 +367,33 @@ def train_stage(plan: StagePlan, ctx: StageContext, teacher: Any, resume: Checkp
     ctx.history["data_bad"] = (bad + [b for b in stream.bad if b not in bad])[:50]
     _save(ctx, plan, plan.steps, True, objective, optimizer, stream, mode, metrics_f)
     ctx.monitor.end_stage()
+    if env.initialized:
+        sums = check_ranks_in_sync(objective, mode, env)
+        ctx.monitor.event("ranks_in_sync", stage=plan.name, checksums=sums)
     if mode == "fsdp":
         # hand back a plain student for the next stage / evaluation
-        model_sd, _ = full_state(objective, None, mode)
+        model_sd, _ = full_state(objective, None, mode, all_ranks=True)
         student_sd = {k[len("student."):]: v for k, v in model_sd.items() if k.startswith("student.")}
         ctx.student = _unshard_student(ctx, student_sd)
     return summary
+
+
+def check_ranks_in_sync(objective: nn.Module, mode: str, env: DistEnv) -> list[list[float]]:
+    """All ranks hold identical weights: gathers a (sum, sum of squares, sum |x|) checksum of the
+    full parameters from every rank and raises RuntimeError on any difference."""
+    if mode == "fsdp":
+        model_sd, _ = full_state(objective, None, mode, all_ranks=True)
+        tensors = list(model_sd.values())
+    else:
+        tensors = [p.detach() for p in objective.parameters()]
+    acc = torch.zeros(3, dtype=torch.float64)
+    for t in tensors:
+        t = t.double().cpu()
+        acc += torch.stack([t.sum(), t.pow(2).sum(), t.abs().sum()])
+    sums = gather_objects([float(v) for v in acc], env)
+    if any(s != sums[0] for s in sums):
+        raise RuntimeError(f"ranks diverged: parameter checksums {sums}")
+    return sums
 
 
 def _unshard_student(ctx: StageContext, student_sd: dict[str, torch.Tensor]) -> nn.Module:
