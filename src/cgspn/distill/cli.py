@@ -48,6 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", metavar="KIND[:NAME]",
                         help="focus (default) | timm:<vit name> | open_clip:<model name or hf-hub:id>")
     parser.add_argument("--teacher-checkpoint", metavar="PATH", help="local teacher weights (safetensors/pth)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="where the converted default teacher is cached (default ~/.cache/cgspn)")
     parser.add_argument("--data", metavar="PATH",
                         help="image folder, pairs .csv/.jsonl, or WebDataset shards 'dir/{000000..000099}.tar'")
     parser.add_argument("--steps", type=int, metavar="N", help="steps of stage 1 and of stage 2")
@@ -82,6 +84,8 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
             ov.append(f"teacher.name={name!r}")
     if args.teacher_checkpoint:
         ov.append(f"teacher.checkpoint={args.teacher_checkpoint!r}")
+    if args.cache_dir:
+        ov.append(f"teacher.cache_dir={args.cache_dir!r}")
     if args.data:
         ov.extend(_data_overrides(args.data))
     if args.steps is not None:
