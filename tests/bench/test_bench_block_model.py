@@ -3,20 +3,9 @@
 import json
 
 import pytest
-import torch
 
 from cgspn.bench._measure import parse_overrides, snap_to_patch
 from cgspn.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's
-    spin-waiting makes each small op ~1000x slower; restored after each test."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_bench_block_cpu_smoke(tmp_path):

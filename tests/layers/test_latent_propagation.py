@@ -8,16 +8,6 @@ from cgspn.layers import LatentPropagation, default_gate_groups, default_latent_
 from cgspn.ops import normalize_gates
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's
-    spin-waiting makes each small op ~1000x slower; restored after each test."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("dim,latent", [(1152, 64), (1024, 64), (768, 48), (384, 32), (192, 16), (40, 16)])
 def test_default_latent_dim(dim, latent):
     assert default_latent_dim(dim) == latent

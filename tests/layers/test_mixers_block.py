@@ -8,15 +8,6 @@ from cgspn.layers import AttentionMixer, CGSPNBlock, GridPatchEmbed, LatentPropa
 from cgspn.ops import available_backends
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's
-    spin-waiting makes each small op ~1000x slower; restored after each test."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 C, CC = 32, 16
 
 

@@ -13,15 +13,6 @@ from cgspn.models import ISOMORPHIC_VIT, CGSPNVisionTransformer, checkpoint_filt
 from cgspn.ops import available_backends
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's
-    spin-waiting makes each small op ~1000x slower; restored after each test."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
 

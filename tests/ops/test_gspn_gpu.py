@@ -32,9 +32,12 @@ def _check(B, H, W, C, G, chunk, dtype, with_u, seed=0):
     ratio = RATIO[dtype]
     assert y.dtype == dtype
     assert_close("y", y, yr, ratio, atol=1e-5)
+    # gradients that are zero in exact arithmetic (e.g. gate logits of a line of length 1, whose
+    # only gate normalises to exactly 1) come out as rounding noise: floor at the dlam scale
+    floor = ratio * grads_r[1].abs().max().item()
     for name, a, b in zip(("dx", "dlam", "dgate_logits", "du"), grads, grads_r):
         assert a.dtype == dtype
-        assert_close(name, a, b, 2 * ratio, atol=1e-5)
+        assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

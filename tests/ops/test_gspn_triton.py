@@ -125,3 +125,23 @@ def test_torch_compile_fullgraph_traces_the_op():
     (gc,) = torch.autograd.grad(got, x)
     torch.testing.assert_close(got, eager)
     torch.testing.assert_close(gc, ge)
+
+
+def test_strided_views_of_one_projection_need_no_copies():
+    """lam, u and the gate logits as slices of one projection output (how the block calls it)."""
+    g = torch.Generator().manual_seed(6)
+    B, H, W, C, G = 1, 4, 5, 8, 2
+    proj = torch.randn(B, H, W, 4 * (2 * C + 3 * G), generator=g).to(DEVICE).requires_grad_()
+    x = torch.randn(B, H, W, C, generator=g).to(DEVICE).requires_grad_()
+    parts = proj.view(B, H, W, 4, 2 * C + 3 * G)
+    lam, u = parts[..., :C], parts[..., C : 2 * C]
+    z = parts[..., 2 * C :].unflatten(-1, (3, G))
+    assert not lam.is_contiguous() and lam.stride() == u.stride()
+    dy = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE)
+    got = gspn2d(x, lam, z, u=u, backend="triton")
+    gg = torch.autograd.grad(got, (x, proj), dy)
+    want = gspn2d(x, lam, z, u=u, backend="reference")
+    gw = torch.autograd.grad(want, (x, proj), dy)
+    assert_close("y", got, want, 1e-5)
+    assert_close("dx", gg[0], gw[0], 1e-5)
+    assert_close("dproj", gg[1], gw[1], 1e-5)

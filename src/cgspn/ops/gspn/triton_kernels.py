@@ -100,48 +100,20 @@ def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
 
 
 @triton.jit
-def _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan, z_scan, pos, mask, zmask,
-               HAS_U: tl.constexpr):
-    """Load the inputs of the line at scan position ``pos`` (x, lam, the three logits, u)."""
-    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
-    lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
-    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0)
-    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0)
-    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0)
-    if HAS_U:
-        uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
-    else:
-        uv = lv
-    return xv, lv, z1, z2, z3, uv
-
-
-@triton.jit
-def gspn_fwd_kernel(
-    X, LAM, Z1, Z2, Z3, U, Y, HS,
-    H, W, C, GS, CHUNK, NCHUNK, NCB,
-    sxb, sxr, sxc, sxch,
-    spb, spr, spc, spd, spch,
-    szb, szr, szc, szd, szg,
-    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr,
-    PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZROW: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """Forward scan. x: X[b, r, c, ch]; per-direction tensors P[b, r, c, d, ch]; logits Zk[b, r, c, d, g].
-
-    Writes Y = u * h (or h) in Y's dtype and, if SAVE_H, the state h to HS (same strides as Y).
-    ZROW: the whole channel block shares one gate group (GS % BLOCK_C == 0), so the gates are
-    loaded and normalised once per line position and broadcast over the channels.
-    PREFETCH: how many lines ahead the loads are issued (0, 1 or 2).
-    """
-    pid = tl.program_id(0)
-    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
-    if n <= 0:
-        return
+def _tile(X, b, d, cb, is_col, rev, L, start, n, C, GS,
+          sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg,
+          ZROW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Index arithmetic of one program's [BLOCK_L, BLOCK_C] tile in direction d (shared by the
+    forward and backward kernels): masks, base offsets, and the strides along the line and the scan
+    of x (X), the outputs / saved state (P), lam and u (LAM) and the logits (Z).
+    Scan step t visits the grid position ``first + step * t``."""
     b64 = b.to(tl.int64)
     x_line = tl.where(is_col, sxr, sxc)
     x_scan = tl.where(is_col, sxc, sxr)
     p_line = tl.where(is_col, spr, spc)
     p_scan = tl.where(is_col, spc, spr)
+    l_line = tl.where(is_col, slr, slc)
+    l_scan = tl.where(is_col, slc, slr)
     z_line = tl.where(is_col, szr, szc)
     z_scan = tl.where(is_col, szc, szr)
     step = tl.where(rev, -1, 1)
@@ -163,24 +135,73 @@ def gspn_fwd_kernel(
 
     x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
     p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
+    l_off = b64 * slb + idx[:, None] * l_line + ch[None, :] * slch + d * sld
     z_off = b64 * szb + idx[:, None] * z_line + zch[None, :] * szg + d * szd
+    return (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off,
+            p_line, p_scan, l_off, l_scan, z_off, z_scan)
+
+
+@triton.jit
+def _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan, z_scan, pos, mask, zmask,
+               HAS_U: tl.constexpr):
+    """Load the inputs of the line at scan position ``pos`` (x, lam, the three logits, u)."""
+    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
+    lv = tl.load(LAM + l_off + pos * l_scan, mask=mask, other=0.0)
+    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    if HAS_U:
+        uv = tl.load(U + l_off + pos * l_scan, mask=mask, other=0.0)
+    else:
+        uv = lv
+    return xv, lv, z1, z2, z3, uv
+
+
+@triton.jit
+def gspn_fwd_kernel(
+    X, LAM, Z1, Z2, Z3, U, Y, HS,
+    H, W, C, GS, CHUNK, NCHUNK, NCB,
+    sxb, sxr, sxc, sxch,
+    spb, spr, spc, spd, spch,
+    slb, slr, slc, sld, slch,
+    szb, szr, szc, szd, szg,
+    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr,
+    PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZROW: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Forward scan. x: X[b, r, c, ch]; lam/u: LAM[b, r, c, d, ch] (strides sl*); outputs Y/HS
+    (strides sp*); logits Zk[b, r, c, d, g]. Inputs may be strided views (e.g. slices of one GEMM).
+
+    Writes Y = u * h (or h) in Y's dtype and, if SAVE_H, the state h to HS (same strides as Y).
+    ZROW: the whole channel block shares one gate group (GS % BLOCK_C == 0), so the gates are
+    loaded and normalised once per line position and broadcast over the channels.
+    PREFETCH: how many lines ahead the loads are issued (0, 1 or 2).
+    """
+    pid = tl.program_id(0)
+    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
+    if n <= 0:
+        return
+    (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off, p_line,
+     p_scan, l_off, l_scan, z_off, z_scan) = _tile(
+        X, b, d, cb, is_col, rev, L, start, n, C, GS, sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch,
+        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZROW, BLOCK_L, BLOCK_C)
 
     h = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     if PREFETCH >= 1:
-        xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan, z_scan,
+        xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan, z_scan,
                                             first, mask, zmask, HAS_U)
     if PREFETCH >= 2:
         ok1 = n > 1
-        xv1, lv1, z11, z21, z31, uv1 = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan,
+        xv1, lv1, z11, z21, z31, uv1 = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan,
                                                   z_scan, first + step, mask & ok1, zmask & ok1, HAS_U)
     for t in tl.range(0, n, num_stages=NUM_STAGES):
         pos = first + step * t
         if PREFETCH == 0:
-            xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan,
+            xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan,
                                                 z_scan, pos, mask, zmask, HAS_U)
         else:
             okn = (t + PREFETCH) < n
-            xn, ln, z1n, z2n, z3n, un = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, p_off, z_off, x_scan, p_scan,
+            xn, ln, z1n, z2n, z3n, un = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan,
                                                    z_scan, pos + PREFETCH * step, mask & okn, zmask & okn, HAS_U)
         g1, g2, g3, _s1, _s2, _s3, _inv = _gates(
             z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
@@ -203,18 +224,18 @@ def gspn_fwd_kernel(
 
 
 @triton.jit
-def _load_bwd_step(X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
-                   pos, posp, mask, zmask, mp, mp_up, mp_dn, HAS_U: tl.constexpr):
+def _load_bwd_step(X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan,
+                   p_line, pos, posp, mask, zmask, mp, mp_up, mp_dn, HAS_U: tl.constexpr):
     """Backward inputs of scan position ``pos``; h of the previous traversal step ``posp`` and its
     line neighbours (read from memory, so no register shift is needed for them)."""
     dy = tl.load(DY + p_off + pos * p_scan, mask=mask, other=0.0)
     xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
-    lv = tl.load(LAM + p_off + pos * p_scan, mask=mask, other=0.0)
+    lv = tl.load(LAM + l_off + pos * l_scan, mask=mask, other=0.0)
     z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0)
     z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0)
     z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0)
     if HAS_U:
-        uv = tl.load(U + p_off + pos * p_scan, mask=mask, other=0.0)
+        uv = tl.load(U + l_off + pos * l_scan, mask=mask, other=0.0)
     else:
         uv = dy
     hp = tl.load(HS + p_off + posp * p_scan, mask=mp, other=0.0)
@@ -230,6 +251,7 @@ def gspn_bwd_kernel(
     H, W, C, GS, CHUNK, NCHUNK, NCB,
     sxb, sxr, sxc, sxch,
     spb, spr, spc, spd, spch,
+    slb, slr, slc, sld, slch,
     szb, szr, szc, szd, szg,
     sdb, sdr, sdc, sdd, sdk, sdg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr,
@@ -248,38 +270,15 @@ def gspn_bwd_kernel(
     b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
     if n <= 0:
         return
-    b64 = b.to(tl.int64)
-    x_line = tl.where(is_col, sxr, sxc)
-    x_scan = tl.where(is_col, sxc, sxr)
-    p_line = tl.where(is_col, spr, spc)
-    p_scan = tl.where(is_col, spc, spr)
-    z_line = tl.where(is_col, szr, szc)
-    z_scan = tl.where(is_col, szc, szr)
-    d_line = tl.where(is_col, sdr, sdc)
-    d_scan = tl.where(is_col, sdc, sdr)
     # traversal step t visits pos(t) = first + step*t; the backward walks t = n-1 ... 0
-    step = tl.where(rev, -1, 1)
-    first = tl.where(rev, start + n - 1, start)
-
-    idx = tl.arange(0, BLOCK_L)
-    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_ok1 = idx < L
-    mask = row_ok1[:, None] & (ch < C)[None, :]
-    if ZROW:
-        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)
-        zmask = row_ok1[:, None]
-    else:
-        zch = ch // GS
-        zmask = mask
-    row_ok = row_ok1[:, None]
-    has_prev = ((idx > 0) & row_ok1)[:, None]
-    has_next = (idx < L - 1)[:, None]
+    (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off, p_line,
+     p_scan, l_off, l_scan, z_off, z_scan) = _tile(
+        X, b, d, cb, is_col, rev, L, start, n, C, GS, sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch,
+        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZROW, BLOCK_L, BLOCK_C)
     mask_up = has_prev & mask
     mask_dn = has_next & mask
-
-    x_base = X + b64 * sxb + idx[:, None] * x_line + ch[None, :] * sxch
-    p_off = b64 * spb + idx[:, None] * p_line + ch[None, :] * spch + d * spd
-    z_off = b64 * szb + idx[:, None] * z_line + zch[None, :] * szg + d * szd
+    d_line = tl.where(is_col, sdr, sdc)
+    d_scan = tl.where(is_col, sdc, sdr)
     dz_base = DZ + b64 * sdb + d * sdd
 
     q1 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
@@ -290,7 +289,7 @@ def gspn_bwd_kernel(
     if PREFETCH >= 1:
         okp = n > 1
         dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = _load_bwd_step(
-            X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
+            X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan, p_line,
             last, last - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U)
     for it in tl.range(0, n, num_stages=NUM_STAGES):
         t = n - 1 - it
@@ -298,13 +297,13 @@ def gspn_bwd_kernel(
         if PREFETCH == 0:
             okp = t > 0
             dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = _load_bwd_step(
-                X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
+                X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan, p_line,
                 pos, pos - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U)
         else:
             okn = t > 0  # step t-1 exists
             okpn = t > 1  # and has a predecessor
             dyn, xn, ln, z1n, z2n, z3n, un, hpn, hpun, hpdn = _load_bwd_step(
-                X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, z_off, x_scan, p_scan, z_scan, p_line,
+                X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan, p_line,
                 pos - step, pos - 2 * step, mask & okn, zmask & okn, mask & okpn, mask_up & okpn, mask_dn & okpn,
                 HAS_U)
         dyf = dy.to(tl.float32)
