@@ -17,6 +17,7 @@ from cgspn.data import (
     WebDatasetSource,
     build_stream,
     default_photos,
+    export_photos,
     folder_records,
     holdout_images,
     iter_tar_samples,
@@ -208,3 +209,12 @@ def test_missing_paths_are_clear_errors(tmp_path):
         build_stream({"kind": "lmdb"}, 16, 2)
     with pytest.raises(ValueError, match="empty dataset"):
         RecordDataset([], Augment(16))
+
+
+def test_export_photos_gives_folders_for_training_and_holdout(tmp_path):
+    train, held = export_photos(tmp_path / "photos")
+    assert len(list(held.iterdir())) == len(default_photos("holdout"))
+    assert len(list(train.iterdir())) == len(default_photos("train", backgrounds=False))
+    x, names = holdout_images(28, held)
+    y, _ = holdout_images(28)
+    assert x.shape == y.shape and names[0].endswith("#0")

@@ -34,17 +34,6 @@ def tiny_overrides(out_dir, steps1: int = 4, steps2: int = 4) -> list[str]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (and CI machines are shared)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def tiny_cfg(tmp_path):
     from cgspn.distill.config import load_config

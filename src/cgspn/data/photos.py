@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Photo", "default_photos", "HOLDOUT", "BACKGROUND_DIRS"]
+__all__ = ["Photo", "default_photos", "export_photos", "HOLDOUT", "BACKGROUND_DIRS"]
 
 # file name in skimage/data -> caption
 _SKIMAGE = {
@@ -106,3 +106,17 @@ def default_photos(split: str = "all", backgrounds: bool = True) -> list[Photo]:
             "or pass data.kind=folder data.path=<dir>"
         )
     return photos
+
+
+def export_photos(dest: str | Path, backgrounds: bool = False) -> tuple[Path, Path]:
+    """Copy the built-in photos into ``dest/train`` and ``dest/holdout`` (image folders), for
+    machines where the source packages are not installed. Returns the two directories."""
+    import shutil
+
+    dest = Path(dest)
+    dirs = {"train": dest / "train", "holdout": dest / "holdout"}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    for ph in default_photos("all", backgrounds=backgrounds):
+        shutil.copyfile(ph.path, dirs["holdout" if ph.holdout else "train"] / f"{ph.name}{ph.path.suffix.lower()}")
+    return dirs["train"], dirs["holdout"]

