@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ._measure import DTYPES, measure, resolve_device
-from .common import print_table, run_metadata, write_json
+from .common import print_table, run_metadata, save_figure, style_resolution_axes, write_json
 
 MODES = ("fwd", "fwdbwd")
 COLUMNS = [
@@ -214,7 +214,6 @@ def plot_latency(rows: list[dict[str, Any]], path: str, title: str = "") -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import NullFormatter
 
     batches = sorted({r["batch"] for r in rows}, reverse=True)
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
@@ -234,21 +233,6 @@ def plot_latency(rows: list[dict[str, Any]], path: str, title: str = "") -> Path
             if isinstance(r.get("cgspn_ms"), float) and r.get("speedup") and r.get("ceiling"):
                 ax.annotate(f"{r['speedup']:.1f}x/{r['ceiling']:.1f}x", (r["px"], r["cgspn_ms"]),
                             textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks([r["px"] for r in sel])
-        ax.set_xticklabels([str(r["px"]) for r in sel])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("image side (px)")
-        ax.set_ylabel("ms")
-        ax.set_title(f"B={batch}, {'forward' if mode == 'fwd' else 'forward+backward'}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(f"{title}  (labels: speedup / ceiling)", fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+        style_resolution_axes(ax, [r["px"] for r in sel], "ms",
+                              f"B={batch}, {'forward' if mode == 'fwd' else 'forward+backward'}")
+    return save_figure(fig, path, f"{title}  (labels: speedup / ceiling)" if title else None)

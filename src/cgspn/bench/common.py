@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["time_fn", "run_metadata", "print_table", "write_json", "copy_bandwidth_gbs", "peak_memory"]
+__all__ = ["time_fn", "run_metadata", "print_table", "write_json", "copy_bandwidth_gbs", "peak_memory", "style_resolution_axes", "save_figure"]
 
 
 def time_fn(fn: Callable[[], Any], *, warmup: int = 3, iters: int = 20, device: torch.device | str | None = None) -> float:
@@ -106,3 +106,33 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     os.replace(tmp, p)
     return p
+
+
+def style_resolution_axes(ax, sides: list[int], ylabel: str, title: str) -> None:
+    """Log-log axes over image sides (px) with one labelled tick per measured side."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sides)
+    ax.set_xticklabels([str(s) for s in sides])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("image side (px)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def save_figure(fig, path: str | os.PathLike, suptitle: str | None = None) -> Path:
+    """Lay out, save as PNG (folders created) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

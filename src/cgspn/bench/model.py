@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ._measure import DTYPES, is_oom, measure, parse_overrides, release_memory, resolve_device, snap_to_patch, wall_once
-from .common import peak_memory, print_table, run_metadata, write_json
+from .common import peak_memory, print_table, run_metadata, save_figure, style_resolution_axes, write_json
 
 PAIRS = {
     "tiny": ("cgspn_tiny_patch16_224", "vit_tiny_patch16_224"),
@@ -265,7 +265,6 @@ def plot_throughput(rows: list[dict[str, Any]], path: str, title: str = "") -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import NullFormatter
 
     batches = sorted({r["batch"] for r in rows}, reverse=True)
     pairs = sorted({r["pair"] for r in rows})
@@ -278,21 +277,5 @@ def plot_throughput(rows: list[dict[str, Any]], path: str, title: str = "") -> P
                 pts = [(r["px_req"], r[key]) for r in sel if isinstance(r.get(key), float)]
                 if pts:
                     ax.plot(*zip(*pts), style, color=f"C{color}", label=f"{label} {pair}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(resolutions)
-        ax.set_xticklabels([str(r) for r in resolutions])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("image side (px)")
-        ax.set_ylabel("img/s")
-        ax.set_title(f"inference, B={batch}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+        style_resolution_axes(ax, resolutions, "img/s", f"inference, B={batch}")
+    return save_figure(fig, path, title)
