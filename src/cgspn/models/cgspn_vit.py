@@ -260,6 +260,37 @@ class CGSPNVisionTransformer(nn.Module):
         )
 
     @torch.jit.ignore
+    def load_pretrained(self, path: str, strict: bool = True) -> None:
+        """Load weights from a ``.safetensors`` file, a folder of safetensors shards (the shipped
+        layout, see :mod:`cgspn.models.shipped`) or a ``.pth``/``.bin`` file (read with
+        ``weights_only=True``). C-GSPN checkpoints load as they are; timm ViT checkpoints go
+        through :func:`checkpoint_filter_fn`. A classifier of another size is dropped (the
+        model keeps its own). timm calls this for ``pretrained=True`` when the config says
+        ``custom_load``."""
+        from pathlib import Path
+
+        from .shipped import read_sharded
+
+        p = Path(path)
+        if p.suffix in (".pth", ".bin", ".pt") and p.is_file():
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        else:
+            state = read_sharded(p)
+        state = checkpoint_filter_fn(state, self)
+        own = self.state_dict()
+        for k in ("head.weight", "head.bias"):
+            if k in state and (k not in own or tuple(state[k].shape) != tuple(own[k].shape)):
+                state.pop(k)
+                if k in own:
+                    state[k] = own[k]
+        bad = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise ValueError(f"weights {path} do not fit this model: {bad[0]} is {tuple(state[bad[0]].shape)}, "
+                             f"the model has {tuple(own[bad[0]].shape)}")
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if strict and (missing or unexpected):
+            raise ValueError(f"weights {path} do not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
@@ -520,11 +551,23 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     }
 
 
+def _shipped(name: str) -> dict[str, Any]:
+    """pretrained_cfg keys for weights shipped in the package (``cgspn/weights/<name>``), if any:
+    ``pretrained=True`` then loads them offline through :meth:`CGSPNVisionTransformer.load_pretrained`."""
+    from .shipped import shipped_weights
+
+    path = shipped_weights(name)
+    if path is None:
+        return {}
+    return {"file": str(path), "custom_load": True}
+
+
 default_cfgs = generate_default_cfgs(
     {
         "cgspn_tiny_patch16_224": _cfg(),
         "cgspn_small_patch14_dinov2": _cfg(
-            input_size=(3, 518, 518), crop_pct=1.0, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=0
+            input_size=(3, 518, 518), crop_pct=1.0, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=0,
+            **_shipped("cgspn_small_patch14_dinov2"),
         ),
         "cgspn_base_patch16_224": _cfg(),
         "cgspn_large_patch16_224": _cfg(),
