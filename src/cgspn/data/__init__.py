@@ -3,7 +3,8 @@ WebDataset shards, with heavy augmentation and resumable, distributed, corruptio
 
 Entry points:
 
-* :func:`build_stream` -- a :class:`DataStream` of augmented batches for one rank;
+* :func:`build_stream` -- a :class:`DataStream` of augmented batches for one rank (or, for small
+  map-style datasets on an accelerator, a :class:`DeviceAugmentStream` that augments on the device);
 * :func:`holdout_images` -- a fixed, deterministic evaluation batch (held-out photos or a folder).
 """
 
@@ -15,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from .augment import Augment, AugmentConfig, eval_transform, to_tensor
+from .device_augment import DeviceAugmentStream
 from .folders import folder_records
 from .images import CorruptSample, open_rgb
 from .pairs import read_pairs
@@ -43,6 +45,8 @@ __all__ = [
     "folder_records",
     "read_pairs",
     "DataStream",
+    "DeviceAugmentStream",
+    "device_augment_mode",
     "RecordDataset",
     "StreamSampler",
     "collate",
@@ -52,6 +56,7 @@ __all__ = [
 ]
 
 DATA_KINDS = ("photos", "folder", "pairs", "wds")
+MAP_KINDS = ("photos", "folder", "pairs")
 
 # Deterministic evaluation views of each held-out image: the central square and four
 # overlapping 60% corner crops (fractions l, t, r, b).
@@ -93,6 +98,20 @@ def build_records(kind: str, path: str | os.PathLike | None = None, *, image_key
     raise ValueError(f"unknown data kind '{kind}'; known: {', '.join(DATA_KINDS)}")
 
 
+def device_augment_mode(value: Any) -> str:
+    """Normalise ``data.device_augment`` (auto | true | false, YAML booleans included)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    v = str(value if value is not None else "auto").strip().lower()
+    if v in ("true", "on", "yes", "1"):
+        return "true"
+    if v in ("false", "off", "no", "0"):
+        return "false"
+    if v == "auto":
+        return "auto"
+    raise ValueError(f"data.device_augment must be auto, true or false, got {value!r}")
+
+
 def build_stream(
     cfg: Mapping[str, Any],
     resolution: int,
@@ -101,16 +120,28 @@ def build_stream(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
-) -> DataStream:
+    device: torch.device | str | None = None,
+) -> DataStream | DeviceAugmentStream:
     """A batch stream for one rank from a ``data`` config section.
 
     cfg keys: kind, path, image_key, text_key, caption_template, num_workers, shuffle_buffer,
     resampled, cache_images (keep decoded images in memory when the dataset has at most this many),
-    augment (see :class:`AugmentConfig`). ``resolution`` is the crop size.
+    augment (see :class:`AugmentConfig`), device_augment. ``resolution`` is the crop size.
+
+    device_augment: ``true`` -> a :class:`DeviceAugmentStream` on ``device`` (CPU when None; map-style
+    sources only); ``false`` -> a :class:`DataStream` (PIL augmentation in loader workers);
+    ``auto`` (default) -> the device stream when ``device`` is CUDA, the source is map-style and it
+    has at most ``cache_images`` records. Both make the same sample order and crop parameters for a
+    given seed, and each resumes from the other's state.
     """
     kind = cfg.get("kind", "photos")
-    augment = Augment(resolution, _augment_config(cfg.get("augment")))
+    mode = device_augment_mode(cfg.get("device_augment", "auto"))
+    aug_cfg = _augment_config(cfg.get("augment"))
+    augment = Augment(resolution, aug_cfg)
     if kind == "wds":
+        if mode == "true":
+            raise ValueError("data.device_augment=true needs a map-style source (photos, folder, pairs); "
+                             "data.kind=wds streams samples through loader workers (use auto or false)")
         if not cfg.get("path"):
             raise ValueError("data.kind=wds needs data.path='<dir>/{000000..000099}.tar'")
         source: Any = WebDatasetSource(
@@ -121,8 +152,12 @@ def build_stream(
         records = build_records(kind, cfg.get("path"), image_key=cfg.get("image_key"),
                                 text_key=cfg.get("text_key"),
                                 caption_template=cfg.get("caption_template", "a photo of a {}."))
-        source = RecordDataset(records, augment, seed=seed,
-                               cache=len(records) <= int(cfg.get("cache_images", 0)))
+        small = len(records) <= int(cfg.get("cache_images", 0))
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        if mode == "true" or (mode == "auto" and on_cuda and small and kind in MAP_KINDS):
+            return DeviceAugmentStream(records, resolution, aug_cfg, batch_size, seed=seed, rank=rank,
+                                       world_size=world_size, device=device)
+        source = RecordDataset(records, augment, seed=seed, cache=small)
     return DataStream(source, batch_size, seed=seed, rank=rank, world_size=world_size,
                       num_workers=int(cfg.get("num_workers", 0)))
 

@@ -151,6 +151,11 @@ class DataStream:
     def streaming(self) -> bool:
         return isinstance(self.source, WebDatasetSource)
 
+    def describe(self) -> str:
+        """One line for the run log: the data path."""
+        what = "WebDataset shards" if self.streaming else f"{len(self.source)} records"
+        return f"loader with {self.num_workers} workers ({what}, PIL augmentation)"
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "batches": self.batches,

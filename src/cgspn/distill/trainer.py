@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import build_stream
+from ..data import DeviceAugmentStream, build_stream
 from .checkpoint import Checkpoint, CheckpointManager
 from .distributed import DistEnv, all_reduce_mean, any_flag, gather_objects, gather_with_grad
 from .monitor import Monitor
@@ -242,7 +242,11 @@ def train_stage(plan: StagePlan, ctx: StageContext, teacher: Any, resume: Checkp
     optimizer = build_optimizer(groups, eng["optimizer"], tuple(eng["betas"]))
     crop = max([plan.resolution] + list(plan.resolutions))
     stream = build_stream(cfg["data"], crop, plan.batch_size, seed=seed + 7 * plan.index,
-                          rank=env.rank, world_size=env.world_size)
+                          rank=env.rank, world_size=env.world_size, device=env.device)
+    data_path = stream.describe()
+    ctx.monitor.line(f"data: {data_path}")
+    ctx.monitor.event("data", stage=plan.name, path=data_path,
+                      device_augment=isinstance(stream, DeviceAugmentStream))
     if state is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
