@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             wall["distill"] = time.time() - t
             ckpt = run_dir / "student.safetensors"
         ecmd = eval_cmd(arm, args, ckpt, eval_dir)
-        if ckpt is None or ckpt.is_file():
+        if not args.no_eval and (ckpt is None or ckpt.is_file()):
             t = time.time()
             rc["eval"] = _run(ecmd, run_dir / "log.txt", max(30.0, left() - 10), env)
             wall["eval"] = time.time() - t
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--parallel", type=int, default=1, help="arms run at once (they share the GPU)")
     r.add_argument("--deadline-s", type=float, default=540, help="stop starting work after this many seconds")
     r.add_argument("--eval-reserve-s", type=float, default=60)
+    r.add_argument("--no-eval", action="store_true", help="train only (throughput calibration)")
     r.add_argument("--bench", action="store_true", help="also time C-GSPN-S vs ViT-S (and the hybrid)")
     r.add_argument("--export-dir", default=None)
     r.add_argument("--tag", default="a")
