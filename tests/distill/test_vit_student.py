@@ -113,7 +113,7 @@ def test_vit_student_export_roundtrip_and_eval(tmp_path):
     teacher = timm_teacher("vit_tiny_patch16_224", model_kwargs=TINY14)
     student, spec, _ = build_student(teacher.model, teacher.name, "vit", pos_antialias=False)
     path = tmp_path / "student.safetensors"
-    save_student(path, student, spec, {"teacher": teacher.name})
+    save_student(path, student, spec, {"teacher": teacher.name, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]})
     again, info = load_student(path)
     assert info["pos_antialias"] is False and info["model"] == spec.name
     student.eval()
@@ -124,6 +124,7 @@ def test_vit_student_export_roundtrip_and_eval(tmp_path):
     assert _is_student_export(path)
     enc = load_encoder(checkpoint=path, device="cpu", dtype="fp32")
     assert enc.name == spec.name and enc.patch_size == 14
+    assert enc.mean == (0.1, 0.2, 0.3) and enc.std == (0.4, 0.5, 0.6)  # the teacher's, from the export
     for r in (224, 518):
         patch, pooled = enc.forward(torch.randn(1, 3, r, r))
         assert patch.shape == (1, 32, r // 14, r // 14) and pooled.shape == (1, 32)
@@ -146,3 +147,22 @@ def test_distill_run_with_vit_student_and_highres(tiny_cfg):
     enc = load_encoder(checkpoint=rep["checkpoint"], device="cpu", dtype="fp32")
     patch, _ = enc.forward(torch.randn(1, 3, 48, 40))
     assert patch.shape == (1, 64, 6, 5)
+
+
+@pytest.mark.parametrize("name,size", [("cgspn-test-clip", 56), ("cgspn-test-sig", 64)])
+def test_vit_student_of_open_clip_towers(tiny_open_clip_configs, name, size):
+    """CLIP (pre-norm, QuickGELU, eps 1e-5, projection head) and SigLIP (timm trunk) image towers:
+    the ViT student matches tensor for tensor and, attention aside, computes the same function."""
+    from cgspn.distill.teachers import build_teacher
+
+    t = build_teacher("open_clip", name)
+    student, spec, info = build_student(t.model, t.name, "vit", pos_antialias=t.pos_antialias)
+    assert spec.name.startswith("vit_") and "norm_eps" not in spec.kwargs
+    assert info["copied"] + info["attention_reinitialised"] == len(t.model.state_dict())
+    for bs, bt in zip(student.blocks, t.model.blocks):  # with the teacher's attention it is the teacher
+        bs.attn.load_state_dict(bt.attn.state_dict())
+    student.eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        s, r = forward_taps(student, x, ()), t(x, ())
+    torch.testing.assert_close(s.summary, r.summary)
