@@ -41,3 +41,34 @@ def test_clear_errors(tmp_path, fmnist_dir):
         f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 100) + b"\x00" * 10)
     with pytest.raises(ValueError, match="truncated"):
         read_idx(bad)
+
+
+def test_write_fashion_mnist_subset_roundtrip(fmnist_dir, tmp_path):
+    from cgspn.data.fashion_mnist import write_fashion_mnist_subset
+
+    dest = write_fashion_mnist_subset(tmp_path / "sub", 3, 1, root=fmnist_dir)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+    for split, n in (("train", 3), ("test", 1)):
+        x, y = load_fashion_mnist(split, dest)
+        xr, yr = load_fashion_mnist(split, fmnist_dir, per_class=n)
+        assert np.bincount(y, minlength=10).tolist() == [n] * 10
+        assert np.array_equal(x, xr) and np.array_equal(y, yr) and y.dtype == np.int64
+    first = (dest / "train-images-idx3-ubyte.gz").read_bytes()
+    write_fashion_mnist_subset(tmp_path / "sub2", 3, 1, root=fmnist_dir)  # deterministic, byte for byte
+    assert (tmp_path / "sub2" / "train-images-idx3-ubyte.gz").read_bytes() == first
+    with pytest.raises(ValueError, match="positive"):
+        write_fashion_mnist_subset(tmp_path / "bad", 0, 1, root=fmnist_dir)
+
+
+def test_write_fashion_mnist_subset_of_the_real_dataset(tmp_path):
+    from cgspn.data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist_subset
+
+    if not (DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed")
+    dest = write_fashion_mnist_subset(tmp_path / "fm", 200, 100)
+    x, y = load_fashion_mnist("train", dest)
+    assert x.shape == (2000, 28, 28) and np.bincount(y).tolist() == [200] * 10
+    xt, yt = load_fashion_mnist("test", dest)
+    assert xt.shape == (1000, 28, 28) and np.bincount(yt).tolist() == [100] * 10
+    assert sum(p.stat().st_size for p in dest.iterdir()) < 3 * 2**20

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["DEFAULT_ROOT", "CLASSES", "read_idx", "load_fashion_mnist", "FashionMNIST"]
+__all__ = ["DEFAULT_ROOT", "CLASSES", "read_idx", "write_idx", "load_fashion_mnist", "write_fashion_mnist_subset",
+           "FashionMNIST"]
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -47,6 +48,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a uint8 array as a gzip-compressed idx file (the format :func:`read_idx` reads).
+
+    The gzip header carries no timestamp, so equal arrays give byte-identical files."""
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    if not 1 <= a.ndim <= 255:
+        raise ValueError(f"idx arrays need 1..255 dimensions, got {a.ndim}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    head = bytes([0, 0, 0x08, a.ndim]) + struct.pack(">" + "I" * a.ndim, *a.shape)
+    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+        f.write(head)
+        f.write(a.tobytes())
+    os.replace(tmp, p)
+    return p
+
+
 def _find(root: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
@@ -76,6 +95,27 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
         keep.sort()
         images, labels = images[keep], labels[keep]
     return images, labels
+
+
+def write_fashion_mnist_subset(dest: str | os.PathLike, per_class_train: int, per_class_test: int,
+                               root: str | os.PathLike | None = None) -> Path:
+    """Write a class-balanced Fashion-MNIST subset as the four idx ``.gz`` files into ``dest``.
+
+    The first ``per_class_train`` / ``per_class_test`` images of each class (as
+    :func:`load_fashion_mnist` with ``per_class``, original order kept): deterministic, and
+    ``load_fashion_mnist(split, dest)`` reads it back. 200 + 100 per class is about 1.6 MB, for a
+    machine without the ``dataset-fashion-mnist`` package (``cgspn eval ... --data-root dest``).
+    Returns ``dest``.
+    """
+    out = Path(dest)
+    for split, n in (("train", per_class_train), ("test", per_class_test)):
+        if int(n) <= 0:
+            raise ValueError(f"per_class_{split} must be positive, got {n}")
+        images, labels = load_fashion_mnist(split, root, int(n))
+        img_stem, lbl_stem = _FILES[split]
+        write_idx(out / (img_stem + ".gz"), images)
+        write_idx(out / (lbl_stem + ".gz"), labels.astype(np.uint8))
+    return out
 
 
 class FashionMNIST:

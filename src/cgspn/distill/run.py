@@ -106,9 +106,10 @@ def _stage_teacher(plan: StagePlan, base: Teacher, run_dir: Path, env: DistEnv) 
     if plan.teacher_mode == "original":
         return base
     prev_path = run_dir / "stages" / plan.previous / "student.safetensors"
-    model, _ = load_student(prev_path, device=env.device)
+    model, info = load_student(prev_path, device=env.device)
+    # a ViT student resamples its position grid as the original teacher did (recorded in the export)
     frozen = Teacher(model, name=f"{plan.previous} student", mean=base.mean, std=base.std, text=base.text,
-                     source=str(prev_path))
+                     source=str(prev_path), pos_antialias=bool(info.get("pos_antialias", True)))
     return UpsampledTeacher(frozen, plan.teacher_resolution)
 
 
@@ -208,12 +209,14 @@ def distill(
         plans = make_plans(cfg, teacher.patch_size)
         s = cfg["student"]
         student, spec, init_info = build_student(teacher.model, teacher.name, s["name"], s.get("kwargs") or {},
-                                                 bool(s["init_from_teacher"]))
+                                                 bool(s["init_from_teacher"]), pos_antialias=teacher.pos_antialias)
         if s.get("checkpoint"):
             init_info = _load_student_weights(student, spec, s["checkpoint"])
         student = student.to(env.device)
         meta = {"model": spec.name, "kwargs": spec.kwargs, "teacher": teacher.name, "teacher_source": teacher.source,
                 "mean": list(teacher.mean), "std": list(teacher.std), "resolution": plans[-1].resolution}
+        if spec.pos_antialias is not None:
+            meta["pos_antialias"] = spec.pos_antialias
         history: dict[str, Any] = {}
         if latest is not None:
             history = dict(latest.state().get("history", {}))

