@@ -191,9 +191,12 @@ def export(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> None
                 f.write(f"\n===== {arm} =====\n" + p.read_text()[-400_000:])
     with tarfile.open(dest / f"extras_{tag}.tar.gz", "w:gz") as tar:
         for arm in results["arms"]:
-            for pat in ("report.md", "report.json", "log.jsonl", "config.yaml", "eval/*.png", "eval/*.json"):
+            pats = ["report.md", "report.json", "log.jsonl", "config.yaml", "eval/*.json"]
+            if arm == "cgspn":
+                pats.append("eval/*.png")
+            for pat in pats:
                 for p in sorted((out / arm).glob(pat)):
-                    if p.stat().st_size < 3_000_000:
+                    if p.stat().st_size < 2_000_000:
                         tar.add(p, arcname=f"{arm}/{p.relative_to(out / arm)}")
     ck = out / "cgspn" / "student.safetensors"
     if ck.is_file() and args.ship:
