@@ -222,7 +222,7 @@ COLS = [
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+        return f"{v:.3f}" if abs(v) < 10 else (f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}")
     return "" if v is None else str(v)
 
 
