@@ -15,7 +15,9 @@ Arms (``--arms``, default all)::
   no_adapters  the recipe without tap adapters
   hybrid1      the recipe with the last block kept as attention (copied from the teacher)
 
-Arms without stage 1 get its steps in stage 2, so image-views are equal. Run on the GPU machine::
+Arms without stage 1 get its steps in stage 2, so image-views are equal. Re-running with the same
+``--out`` keeps finished arms and evaluations and resumes an interrupted arm from its last
+checkpoint (``cgspn distill --resume``). Run on the GPU machine::
 
   PYTHONPATH=$PWD/src python3 tools/experiment_s14.py run --out runs/exp --cache-dir .gpucache \\
       --fmnist-root .gpucache/fashion-mnist --parallel 4 --export-dir $OUT
@@ -143,13 +145,21 @@ def run(args: argparse.Namespace) -> int:
         dcmd = None
         ckpt = None
         if arm != "teacher":
-            dcmd = distill_cmd(arm, args, run_dir)
-            t = time.time()
-            rc["distill"] = _run(dcmd, run_dir / "log.txt", left() - args.eval_reserve_s, env)
-            wall["distill"] = time.time() - t
             ckpt = run_dir / "student.safetensors"
+            dcmd = distill_cmd(arm, args, run_dir)
+            if (run_dir / "report.json").is_file() and ckpt.is_file():
+                rc["distill"] = 0  # finished earlier (same --out): keep it
+            else:
+                if (run_dir / "config.yaml").is_file():
+                    # an earlier call stopped this arm: continue exactly from its last checkpoint
+                    dcmd = [sys.executable, "-m", "cgspn.cli", "distill", "--resume", str(run_dir)]
+                t = time.time()
+                rc["distill"] = _run(dcmd, run_dir / "log.txt", left() - args.eval_reserve_s, env)
+                wall["distill"] = time.time() - t
         ecmd = eval_cmd(arm, args, ckpt, eval_dir)
-        if not args.no_eval and (ckpt is None or ckpt.is_file()):
+        if (eval_dir / "summary.json").is_file():
+            rc["eval"] = 0  # evaluated earlier
+        elif not args.no_eval and (ckpt is None or ckpt.is_file()):
             t = time.time()
             rc["eval"] = _run(ecmd, run_dir / "log.txt", max(30.0, left() - 10), env)
             wall["eval"] = time.time() - t
@@ -276,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seg-iters", type=int, default=300)
     r.add_argument("--parallel", type=int, default=1, help="arms run at once (they share the GPU)")
     r.add_argument("--deadline-s", type=float, default=540, help="stop starting work after this many seconds")
-    r.add_argument("--eval-reserve-s", type=float, default=60)
+    r.add_argument("--eval-reserve-s", type=float, default=150,
+                   help="seconds kept for each arm's evaluation (a cold Triton cache costs ~100 s of compiles)")
     r.add_argument("--no-eval", action="store_true", help="train only (throughput calibration)")
     r.add_argument("--bench", action="store_true", help="also time C-GSPN-S vs ViT-S (and the hybrid)")
     r.add_argument("--export-dir", default=None)
