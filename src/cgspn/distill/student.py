@@ -100,26 +100,25 @@ def _act_name(act: nn.Module) -> str:
     raise ValueError(f"teacher MLP activation {n} is not supported by the student builder")
 
 
-def student_spec_from_teacher(
-    teacher_model: nn.Module, teacher_name: str = "", name: str = "auto", overrides: dict[str, Any] | None = None
-) -> StudentSpec:
-    """The C-GSPN shape isomorphic to a timm ViT teacher. ``overrides`` (e.g. ``latent_dim``,
-    ``attn_layers``, ``chunks``, ``drop_path_rate``) are applied last."""
-    _register_models()
+def _teacher_vit_kwargs(teacher_model: nn.Module) -> dict[str, Any]:
+    """timm ``VisionTransformer`` constructor kwargs shared by both student kinds, read from a timm
+    ViT teacher (width, depth, heads, MLP, patch, prefix tokens, norms, pooling, head, LayerScale,
+    activation). Raises ValueError for a non-timm MLP or a head other than Linear/Identity."""
     from timm.layers import LayerScale
-
-    from ..models import ISOMORPHIC_VIT
 
     blk = teacher_model.blocks[0]
     attn, mlp = blk.attn, blk.mlp
     if not hasattr(mlp, "fc1") or not hasattr(mlp, "fc2"):
         raise ValueError(f"teacher MLP {type(mlp).__name__} is not a timm Mlp (fc1/act/fc2)")
+    head = getattr(teacher_model, "head", nn.Identity())
+    if not isinstance(head, (nn.Linear, nn.Identity)):
+        raise ValueError(f"teacher head {type(head).__name__} is not Linear/Identity")
     dim = int(teacher_model.embed_dim)
     pe = teacher_model.patch_embed
     img = pe.img_size[0] if isinstance(pe.img_size, (tuple, list)) else pe.img_size
     ps = pe.patch_size[0] if isinstance(pe.patch_size, (tuple, list)) else pe.patch_size
-    head = getattr(teacher_model, "head", nn.Identity())
-    kw: dict[str, Any] = dict(
+    reg = getattr(teacher_model, "reg_token", None)
+    return dict(
         img_size=int(img),
         patch_size=int(ps),
         embed_dim=dim,
@@ -127,21 +126,32 @@ def student_spec_from_teacher(
         num_heads=int(attn.num_heads),
         mlp_ratio=mlp.fc1.out_features / dim,
         qkv_bias=attn.qkv.bias is not None,
-        qk_norm=not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity),
+        qk_norm=not _is_identity(getattr(attn, "q_norm", None)),
         proj_bias=mlp.fc1.bias is not None,
         init_values=1e-5 if isinstance(blk.ls1, LayerScale) else None,
         class_token=getattr(teacher_model, "cls_token", None) is not None,
-        reg_tokens=int(teacher_model.reg_token.shape[1]) if getattr(teacher_model, "reg_token", None) is not None else 0,
-        pre_norm=not isinstance(getattr(teacher_model, "norm_pre", nn.Identity()), nn.Identity),
-        final_norm=not isinstance(getattr(teacher_model, "norm", nn.Identity()), nn.Identity),
-        fc_norm=not isinstance(getattr(teacher_model, "fc_norm", nn.Identity()), nn.Identity),
+        reg_tokens=int(reg.shape[1]) if reg is not None else 0,
+        pre_norm=not _is_identity(getattr(teacher_model, "norm_pre", None)),
+        final_norm=not _is_identity(getattr(teacher_model, "norm", None)),
+        fc_norm=not _is_identity(getattr(teacher_model, "fc_norm", None)),
         global_pool="map" if getattr(teacher_model, "attn_pool", None) is not None else (teacher_model.global_pool or ""),
         pool_include_prefix=bool(getattr(teacher_model, "pool_include_prefix", False)),
         num_classes=int(head.out_features) if isinstance(head, nn.Linear) else 0,
         act_layer=_act_name(mlp.act),
     )
-    if not isinstance(head, (nn.Linear, nn.Identity)):
-        raise ValueError(f"teacher head {type(head).__name__} is not Linear/Identity")
+
+
+def student_spec_from_teacher(
+    teacher_model: nn.Module, teacher_name: str = "", name: str = "auto", overrides: dict[str, Any] | None = None
+) -> StudentSpec:
+    """The C-GSPN shape isomorphic to a timm ViT teacher. ``overrides`` (e.g. ``latent_dim``,
+    ``attn_layers``, ``chunks``, ``drop_path_rate``) are applied last."""
+    _register_models()
+
+    from ..models import ISOMORPHIC_VIT
+
+    kw = _teacher_vit_kwargs(teacher_model)
+    blk = teacher_model.blocks[0]
     eps = float(getattr(blk.norm1, "eps", 1e-6))
     if abs(eps - 1e-6) > 1e-12:
         kw["norm_eps"] = eps
@@ -224,48 +234,20 @@ def _vit_spec_and_model(
 ) -> tuple[StudentSpec, nn.Module]:
     """(spec, randomly initialised model) of :func:`vit_spec_from_teacher`."""
     import timm
-    from timm.layers import LayerScale
 
     if getattr(teacher_model, "patch_embed", None) is None or not hasattr(teacher_model.blocks[0], "attn"):
         raise ValueError("the ViT student needs a timm ViT teacher (patch_embed, blocks with attn)")
-    blk = teacher_model.blocks[0]
-    attn, mlp = blk.attn, blk.mlp
-    if not hasattr(mlp, "fc1") or not hasattr(mlp, "fc2"):
-        raise ValueError(f"teacher MLP {type(mlp).__name__} is not a timm Mlp (fc1/act/fc2)")
-    dim = int(teacher_model.embed_dim)
     pe = teacher_model.patch_embed
-    img = pe.img_size[0] if isinstance(pe.img_size, (tuple, list)) else pe.img_size
-    ps = pe.patch_size[0] if isinstance(pe.patch_size, (tuple, list)) else pe.patch_size
     if not _is_identity(getattr(pe, "norm", None)):
         raise ValueError("teachers with a patch-embedding norm are not supported by the ViT student builder")
-    head = getattr(teacher_model, "head", nn.Identity())
-    if not isinstance(head, (nn.Linear, nn.Identity)):
-        raise ValueError(f"teacher head {type(head).__name__} is not Linear/Identity")
-    pool = "map" if getattr(teacher_model, "attn_pool", None) is not None else (teacher_model.global_pool or "")
-    kw: dict[str, Any] = dict(
-        img_size=int(img),
-        patch_size=int(ps),
-        embed_dim=dim,
-        depth=len(teacher_model.blocks),
-        num_heads=int(attn.num_heads),
-        mlp_ratio=mlp.fc1.out_features / dim,
-        qkv_bias=attn.qkv.bias is not None,
-        qk_norm=not _is_identity(getattr(attn, "q_norm", None)),
+    kw = _teacher_vit_kwargs(teacher_model)
+    blk = teacher_model.blocks[0]
+    attn, mlp = blk.attn, blk.mlp
+    kw.update(
         scale_attn_norm=not _is_identity(getattr(attn, "norm", None)),
         scale_mlp_norm=not _is_identity(getattr(mlp, "norm", None)),
-        proj_bias=mlp.fc1.bias is not None,
-        init_values=1e-5 if isinstance(blk.ls1, LayerScale) else None,
-        class_token=getattr(teacher_model, "cls_token", None) is not None,
-        reg_tokens=int(teacher_model.reg_token.shape[1]) if getattr(teacher_model, "reg_token", None) is not None else 0,
         no_embed_class=bool(getattr(teacher_model, "no_embed_class", False)),
         pos_embed="learn" if getattr(teacher_model, "pos_embed", None) is not None else "none",
-        pre_norm=not _is_identity(getattr(teacher_model, "norm_pre", None)),
-        final_norm=not _is_identity(getattr(teacher_model, "norm", None)),
-        fc_norm=not _is_identity(getattr(teacher_model, "fc_norm", None)),
-        global_pool=pool,
-        pool_include_prefix=bool(getattr(teacher_model, "pool_include_prefix", False)),
-        num_classes=int(head.out_features) if isinstance(head, nn.Linear) else 0,
-        act_layer=_act_name(mlp.act),
         dynamic_img_size=True,
     )
     kw["final_norm"] = kw["final_norm"] or kw["fc_norm"]  # timm builds norm or fc_norm only with final_norm
