@@ -263,7 +263,7 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train and evaluate the arms")
@@ -296,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("report", help="merge results_*.json into the table")
     m.add_argument("results", nargs="+")
     m.add_argument("--md", default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return run(args) if args.cmd == "run" else report(args)
 
 
