@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from .backbone import DEFAULT_MODEL, Encoder, load_encoder, load_teacher, parse_model_args, resolve_device
-from .images import list_images, load_image, resize_to, target_size
+from .images import list_images, load_image, resize_to
 from .report import emit_report
 
 __all__ = ["configure", "run"]
