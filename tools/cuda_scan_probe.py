@@ -1,7 +1,10 @@
 """Probe: a hand-written CUDA forward of gspn2d, compiled at run time with NVRTC (cupy.RawModule).
 
 Measures whether such a kernel gets near the copy roofline before a full backend is built.
-Kernel source: src/cgspn/ops/gspn/cuda/gspn_fwd.cu (layout and design in its header comment).
+Kernel sources (layout and design in their header comments): src/cgspn/ops/gspn/cuda/gspn_fwd.cu (v1:
+register prefetch of the next step) and gspn_fwd_v2.cu (v2: the inputs of the next NS-1 steps in flight
+in a shared-memory ring filled by cp.async; appended to v1's source, whose helpers it uses).
+``--kernels v1,v2`` (default both) selects what is checked, planned, emulated and benchmarked.
 
 On the GPU machine:
 
@@ -36,10 +39,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_PATH = ROOT / "src" / "cgspn" / "ops" / "gspn" / "cuda" / "gspn_fwd.cu"
+KERNEL_V2_PATH = ROOT / "src" / "cgspn" / "ops" / "gspn" / "cuda" / "gspn_fwd_v2.cu"  # appended to v1's source
+KERNELS = ("v1", "v2")
 
 SM_COUNT_GUESS = 132  # H200
 REGFILE = 65536  # 32-bit registers per SM
 MAX_SMEM_DEFAULT = 48 * 1024
+MAX_SMEM_OPTIN = 232448  # bytes of dynamic shared memory one CTA may opt in to (sm_90: 227 KB)
+SMEM_PER_SM = 233472  # 228 KB per SM (1 KB of it reserved per resident CTA)
+V2_INFLIGHT_TARGET = 96 * 1024  # bytes of step inputs v2 aims to keep in flight per SM
 
 # (B, H, W, C, G, chunk, dtype, with_u)
 CORRECTNESS = [
@@ -70,33 +78,56 @@ TOL = {"fp32": (2e-4, 2e-4), "bf16": (2e-3, 2.0**-8), "fp16": (2e-3, 2.0**-10)}
 # ----------------------------------------------------------------------------- launch configuration
 @dataclass(frozen=True)
 class FwdConfig:
-    """One launch of gspn_fwd<T, VEC, ZG, P, RP, MAXREG> (see the .cu header for the meaning)."""
+    """One launch of gspn_fwd<T, VEC, ZG, P, RP, MAXREG> (kernel v1) or gspn_fwd_v2<T, VEC, ZG, P, NS, MAXREG>
+    (kernel v2; see the .cu headers for the meaning)."""
 
     dtype: str  # fp32 / bf16 / fp16
     vec: int  # channels per thread (one 16-byte vector when C allows)
     zg: int  # distinct logits per gate per thread and position (0 = general scalar path)
     p: int  # line positions per thread
-    rp: bool  # next step's inputs prefetched into registers
+    rp: bool  # next step's inputs prefetched into registers (v1 only)
     maxreg: int  # __maxnreg__ (255 = no cap)
     tc: int  # threads along channels
     threads: int  # blockDim.x (multiple of 32)
     ncs: int  # channel slices
     nwin: int  # windows along the scan axis
     ck: int  # window length
-    pfd: int  # L2 prefetch distance in steps (0 = off)
+    pfd: int  # L2 prefetch distance in steps (0 = off; v1 only)
     smem: int  # dynamic shared memory bytes
     grid: int  # number of CTAs
+    kernel: str = "v1"  # v1 = gspn_fwd (register prefetch), v2 = gspn_fwd_v2 (cp.async ring)
+    ns: int = 0  # v2: cp.async stages (NS - 1 steps in flight)
 
     @property
     def name_expr(self) -> str:
+        if self.kernel == "v2":
+            return f"gspn_fwd_v2<{TAG[self.dtype]}, {self.vec}, {self.zg}, {self.p}, {self.ns}, {self.maxreg}>"
         return f"gspn_fwd<{TAG[self.dtype]}, {self.vec}, {self.zg}, {self.p}, {'true' if self.rp else 'false'}, {self.maxreg}>"
 
     @property
     def inst(self) -> tuple:
-        return (self.dtype, self.vec, self.zg, self.p, self.rp, self.maxreg)
+        return (self.kernel, self.dtype, self.vec, self.zg, self.p, self.ns if self.kernel == "v2" else self.rp,
+                self.maxreg)
 
     def short(self) -> str:
+        if self.kernel == "v2":
+            return (f"v2 tc{self.tc} p{self.p} ns{self.ns} r{self.maxreg} thr{self.threads} ncta{self.grid} "
+                    f"zg{self.zg} smem{self.smem // 1024}K")
         return f"tc{self.tc} p{self.p} rp{int(self.rp)} r{self.maxreg} pf{self.pfd} thr{self.threads} ncta{self.grid} zg{self.zg}"
+
+
+def v2_stage_bytes_per_thread(dtype: str, vec: int, zg: int, p: int) -> int:
+    """PT of gspn_fwd_v2: bytes one thread stages per step (x, lam, u and its logits, 4-byte minimum)."""
+    isz = ITEMSIZE[dtype]
+    nbv = vec * isz
+    nbz = (zg if zg else 1) * isz
+    nzl = vec if zg == 0 else 1
+    return p * (3 * max(nbv, 4) + 3 * nzl * max(nbz, 4))
+
+
+def xch_bytes(threads: int, tc: int, vec: int) -> int:
+    """The edge slots of the neighbour exchange (both kernels)."""
+    return 2 * 2 * (threads // 32) * tc * vec * 4
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -129,10 +160,12 @@ def zg_for(C: int, G: int, vec: int) -> int:
 
 
 def make_config(
-    B: int, H: int, W: int, C: int, G: int, dtype: str, chunk: int | None, *, tc: int, p: int, rp: bool,
-    maxreg: int | None = None, pfd: int = 0,
+    B: int, H: int, W: int, C: int, G: int, dtype: str, chunk: int | None, *, tc: int, p: int, rp: bool = False,
+    maxreg: int | None = None, pfd: int = 0, kernel: str = "v1", ns: int = 0,
 ) -> FwdConfig:
-    """A complete config from the free choices (tc, p, rp, maxreg, pfd); checks the limits."""
+    """A complete config from the free choices (tc, p, rp, maxreg, pfd; v2: ns); checks the limits."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     isz = ITEMSIZE[dtype]
     vec = vec_for(C, isz)
     zg = zg_for(C, G, vec)
@@ -153,9 +186,27 @@ def make_config(
     ck = Smax if chunk is None else max(1, min(int(chunk), Smax))
     nwin = _cdiv(Smax, ck)
     ncs = tc_full // tc
-    smem = 2 * 2 * (threads // 32) * tc * vec * 4
+    smem = xch_bytes(threads, tc, vec)
+    if kernel == "v2":
+        if not 2 <= ns <= 8:
+            raise ValueError(f"v2 needs 2 <= ns <= 8 stages, got {ns}")
+        rp, pfd = False, 0
+        smem += ns * threads * v2_stage_bytes_per_thread(dtype, vec, zg, p)
+        if smem > MAX_SMEM_OPTIN:
+            raise ValueError(f"v2 tc={tc} p={p} ns={ns}: {smem} bytes of shared memory > {MAX_SMEM_OPTIN}")
+    else:
+        ns = 0
     return FwdConfig(dtype, vec, zg, p, bool(rp), int(maxreg), tc, threads, ncs, nwin, ck, int(pfd), smem,
-                     B * 4 * ncs * nwin)
+                     B * 4 * ncs * nwin, kernel, int(ns))
+
+
+def occupancy(cfg: FwdConfig, regs: int | None = None) -> int:
+    """Resident CTAs per SM from threads, registers (maxreg or the compiled count) and shared memory."""
+    r = -(-(regs or cfg.maxreg) // 8) * 8
+    by_regs = REGFILE // (r * cfg.threads) if r else 64
+    by_thr = 2048 // cfg.threads
+    by_smem = SMEM_PER_SM // (cfg.smem + 1024) if cfg.smem else 32
+    return max(0, min(by_regs, by_thr, by_smem, 32))
 
 
 def plan(B: int, H: int, W: int, C: int, G: int, dtype: str, chunk: int | None = None, *,
@@ -270,6 +321,104 @@ def check_variants(base: FwdConfig, B: int, H: int, W: int, C: int, G: int, chun
     return out
 
 
+def plan_v2(B: int, H: int, W: int, C: int, G: int, dtype: str, chunk: int | None = None, *,
+            sm_count: int = SM_COUNT_GUESS) -> FwdConfig:
+    """Heuristic launch config of gspn_fwd_v2 (cp.async ring of NS stages).
+
+    - channels / positions: v1's TC, then the largest TC <= it (and the smallest P, <= 512 threads first,
+      then <= 1024) for which 3 stages fit in shared memory (2 as a last resort): one stage is
+      threads * PT bytes (PT = what a thread copies per step, see the .cu header);
+    - CTAs per SM: 2 when the CTA has <= 256 threads and there are >= 2 CTAs per SM, else 1; registers
+      capped to fit that many;
+    - stages: as many as fit the shared memory of that many CTAs (at most 8), so that
+      (NS - 1) * stage bytes are in flight per CTA.
+    """
+    v1 = plan(B, H, W, C, G, dtype, chunk, sm_count=sm_count)
+    isz = ITEMSIZE[dtype]
+    vec = vec_for(C, isz)
+    zg = zg_for(C, G, vec)
+    tc_full = C // vec
+    L = max(H, W)
+    divs = sorted((d for d in _divisors(tc_full) if d <= v1.tc), reverse=True)
+    for min_ns in (3, 2):
+        for t in divs:
+            for cap in (512, 1024):
+                for p in (1, 2, 4, 8, 16):
+                    threads = 32 * _cdiv(t * _cdiv(L, p), 32)
+                    if threads > cap:
+                        continue
+                    sb = threads * v2_stage_bytes_per_thread(dtype, vec, zg, p)
+                    ctas = B * 4 * (tc_full // t) * v1.nwin
+                    per_sm = 2 if threads <= 256 and ctas >= 2 * sm_count else 1
+                    budget = min(MAX_SMEM_OPTIN, SMEM_PER_SM // per_sm - 1024) - xch_bytes(threads, t, vec)
+                    ns = min(8, budget // sb)
+                    if ns < min_ns:
+                        break  # a larger P does not make a stage smaller
+                    maxreg = min(255, (REGFILE // (threads * per_sm)) // 8 * 8)
+                    return make_config(B, H, W, C, G, dtype, chunk, tc=t, p=p, maxreg=maxreg, kernel="v2", ns=ns)
+    raise ValueError(f"no v2 config fits the shared memory for {(B, H, W, C, G, dtype)}")
+
+
+def plan_for(kernel: str, B, H, W, C, G, dtype, chunk=None, *, sm_count: int = SM_COUNT_GUESS) -> FwdConfig:
+    return (plan_v2 if kernel == "v2" else plan)(B, H, W, C, G, dtype, chunk, sm_count=sm_count)
+
+
+def variants_v2(base: FwdConfig, B: int, H: int, W: int, C: int, G: int, chunk: int | None = None) -> list[FwdConfig]:
+    """Alternatives to the v2 heuristic config for the benchmark sweep (valid ones only)."""
+    out = [base]
+
+    def add(**kw):
+        args = dict(tc=base.tc, p=base.p, maxreg=base.maxreg, ns=base.ns)
+        args.update(kw)
+        if args.get("maxreg") == "auto":
+            args["maxreg"] = None
+        for ns in range(args["ns"], 1, -1):  # fewest fewer stages that fit
+            try:
+                c = make_config(B, H, W, C, G, base.dtype, chunk, kernel="v2", **{**args, "ns": ns})
+            except ValueError:
+                continue
+            if c not in out:
+                out.append(c)
+            return
+
+    add(ns=2)
+    add(ns=max(2, base.ns - 1))
+    add(ns=min(8, base.ns + 2))
+    add(p=base.p * 2, maxreg="auto")
+    if base.tc > 1:
+        add(tc=max(d for d in _divisors(C // base.vec) if d < base.tc), maxreg="auto")
+    bigger = [d for d in _divisors(C // base.vec) if d > base.tc and d <= 32]
+    if bigger:
+        add(tc=min(bigger), maxreg="auto")
+    two = (REGFILE // (2 * base.threads)) // 8 * 8
+    if 64 <= two < base.maxreg:
+        add(maxreg=two, ns=max(2, base.ns // 2))
+    return out
+
+
+def check_variants_v2(base: FwdConfig, B: int, H: int, W: int, C: int, G: int, chunk: int | None) -> list[FwdConfig]:
+    """v2 configs the correctness check runs: other thread layouts and stage counts (2 .. 8)."""
+    out = [base]
+    tcs = [d for d in _divisors(C // base.vec) if d <= 32]
+    for kw in (dict(tc=max(tcs), p=1, ns=2), dict(tc=min(tcs[1:] or tcs), p=2, ns=3), dict(tc=1, p=4, ns=4),
+               dict(tc=tcs[len(tcs) // 2], p=16, ns=2), dict(tc=1, p=1, ns=8)):
+        try:
+            c = make_config(B, H, W, C, G, base.dtype, chunk, kernel="v2", **kw)
+        except ValueError:
+            continue
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def variants_for(base: FwdConfig, *a) -> list[FwdConfig]:
+    return (variants_v2 if base.kernel == "v2" else variants)(base, *a)
+
+
+def check_variants_for(base: FwdConfig, *a) -> list[FwdConfig]:
+    return (check_variants_v2 if base.kernel == "v2" else check_variants)(base, *a)
+
+
 class LaunchBoundError(RuntimeError):
     """A config asks for more threads per block than the compiled kernel's registers allow."""
 
@@ -310,6 +459,11 @@ def op_bytes(B: int, H: int, W: int, C: int, G: int, itemsize: int, with_u: bool
 
 
 # ----------------------------------------------------------------------------- CUDA runner (cupy)
+def kernel_source() -> str:
+    """v1's source with v2 appended (v2 reuses v1's helpers): one NVRTC compile for both kernels."""
+    return KERNEL_PATH.read_text() + "\n" + KERNEL_V2_PATH.read_text()
+
+
 class CudaRunner:
     """Compiles the needed instantiations in one NVRTC call and launches them on torch's stream."""
 
@@ -317,7 +471,7 @@ class CudaRunner:
         import cupy
 
         self.cupy = cupy
-        self.source = KERNEL_PATH.read_text()
+        self.source = kernel_source()
         self.exprs = sorted({c.name_expr for c in configs})
         self.options = tuple(options)
         t0 = time.perf_counter()
@@ -345,7 +499,7 @@ class CudaRunner:
         k = self.kernel(cfg)
         if cfg.threads > k.max_threads_per_block:
             raise LaunchBoundError(f"{cfg.name_expr}: {cfg.threads} threads > max_threads_per_block {k.max_threads_per_block}")
-        if cfg.smem > MAX_SMEM_DEFAULT:
+        if cfg.smem > MAX_SMEM_DEFAULT and k.max_dynamic_shared_size_bytes < cfg.smem:
             k.max_dynamic_shared_size_bytes = cfg.smem
         args = (
             cp.uint64(x.data_ptr()), cp.uint64(lam.data_ptr()), cp.uint64(z.data_ptr()),
@@ -490,8 +644,216 @@ def emulate(cfg: FwdConfig, x, lam, z, u, B, H, W, C, G) -> np.ndarray:
     return y
 
 
-def run_emulation(cases=None) -> list[dict]:
-    """Emulate the heuristic config (and a variant with other tc/p) on small shapes vs the reference."""
+def emulate_v2(cfg: FwdConfig, x, lam, z, u, B, H, W, C, G) -> np.ndarray:
+    """numpy emulation of gspn_fwd_v2: the v1 arithmetic, but every step input goes through the cp.async
+    ring exactly as the kernel addresses it. Per CTA, shared memory is an array of element slots
+    (byte offset / itemsize); each issue(t) records, per thread and item, the global byte address it copies
+    (aligned down to 4 bytes for 2-byte items) and the shared byte offset it lands at, as one pending group;
+    a group lands only when cp.async.wait_group NS-1 retires it. Checked: cp.async alignment (source and
+    destination naturally aligned to the copy size), sources inside the tensors, no stage overwritten
+    before its step was read, no stage read before its group landed, each thread reads back only slots it
+    copied itself, stage and edge-slot regions inside the dynamic shared memory the config allocates."""
+    isz = ITEMSIZE[cfg.dtype]
+    VEC, ZG, P, TC, nthr, NS = cfg.vec, cfg.zg, cfg.p, cfg.tc, cfg.threads, cfg.ns
+    NZL = VEC if ZG == 0 else 1
+    NZ = VEC if ZG == 0 else ZG
+    NBV, NBZ = VEC * isz, (ZG if ZG else 1) * isz
+    CBV, CBZ = max(NBV, 4), max(NBZ, 4)
+    PT = v2_stage_bytes_per_thread(cfg.dtype, VEC, ZG, P)
+    assert PT == P * (3 * CBV + 3 * NZL * CBZ)
+    SB = nthr * PT
+    assert NS * SB + xch_bytes(nthr, TC, VEC) == cfg.smem <= MAX_SMEM_OPTIN
+    GS = C // G
+    y = np.full(B * H * W * 4 * C, np.nan, dtype=np.float32)
+    tid = np.arange(nthr)
+    lane, warp, nwarps = tid & 31, tid >> 5, nthr >> 5
+    c_t, l_t = tid % TC, tid // TC
+    nslot = nwarps * TC
+    # one spare element past each tensor: the word of a 2-byte item may reach 2 bytes past x's end
+    bufs = {"x": np.append(x, np.nan), "l": np.append(lam, np.nan), "z": np.append(z, np.nan)}
+    if u is not None:
+        bufs["u"] = np.append(u, np.nan)
+    vv = np.arange(VEC)
+
+    def sig_gates(z1, z2, z3, hp, hn):
+        s1 = np.where(hp, 1 / (1 + np.exp(-z1.astype(np.float64))), 0.0)
+        s2 = 1 / (1 + np.exp(-z2.astype(np.float64)))
+        s3 = np.where(hn, 1 / (1 + np.exp(-z3.astype(np.float64))), 0.0)
+        S = np.maximum(s1 + s2 + s3, 1e-7)
+        return s1 / S, s2 / S, s3 / S
+
+    for bid0 in range(cfg.grid):
+        bid = bid0
+        k = bid % cfg.nwin
+        bid //= cfg.nwin
+        cs = bid % cfg.ncs
+        bid //= cfg.ncs
+        d, b = bid & 3, bid >> 2
+        is_col, rev = d < 2, (d & 1) != 0
+        L, Sn = (H, W) if is_col else (W, H)
+        start = k * cfg.ck
+        if start >= Sn:
+            continue
+        n = min(cfg.ck, Sn - start)
+        ch0 = (cs * TC + c_t) * VEC
+        ch_ok = ch0 < C
+        p0 = l_t * P
+        pv = np.stack([ch_ok & (p0 + j < L) for j in range(P)])
+        hpv = np.stack([p0 + j > 0 for j in range(P)])
+        hnv = np.stack([p0 + j < L - 1 for j in range(P)])
+        line_px, scan_px = (W, 1) if is_col else (1, W)
+        step_px = -scan_px if rev else scan_px
+        s0 = start + n - 1 if rev else start
+        cc = np.where(ch_ok, ch0, 0)
+        pp = np.where(p0 < L, p0, 0)
+        pix0 = b * H * W + pp * line_px + s0 * scan_px
+        zb = cc // GS
+        Ax = (pix0 * C + cc) * isz
+        Al = ((pix0 * 4 + d) * C + cc) * isz
+        Az = ((pix0 * 4 + d) * 3 * G + zb) * isz
+        xl, xs = line_px * C * isz, step_px * C * isz
+        ll, ls = line_px * 4 * C * isz, step_px * 4 * C * isz
+        zl, zs = line_px * 12 * G * isz, step_px * 12 * G * isz
+        zoff = [[(kk * G + ((cc + i) // GS - zb if ZG == 0 else 0)) * isz for i in range(NZL)] for kk in range(3)]
+        vstride, zstride = nthr * CBV, nthr * CBZ
+        offv, offz = tid * CBV, 3 * P * nthr * CBV + tid * CBZ
+
+        def items(t, s):
+            """(buffer, global byte address, item bytes, shared byte offset) per item, arrays over threads."""
+            base = s * SB
+            out = []
+            for j in range(P):
+                out.append(("x", Ax + t * xs + j * xl, NBV, base + (j * 3 + 0) * vstride + offv, j))
+                out.append(("l", Al + t * ls + j * ll, NBV, base + (j * 3 + 1) * vstride + offv, j))
+                if u is not None:
+                    out.append(("u", Al + t * ls + j * ll, NBV, base + (j * 3 + 2) * vstride + offv, j))
+                for kk in range(3):
+                    for i in range(NZL):
+                        out.append(("z", Az + t * zs + j * zl + zoff[kk][i], NBZ,
+                                    base + offz + ((j * 3 + kk) * NZL + i) * zstride, j))
+            return out
+
+        sm_el = np.full(NS * SB // isz, np.nan)  # the stage region, in element slots
+        owner = np.full(NS * SB // isz, -1)  # thread that last copied each slot
+        pending: list = []  # committed groups, oldest first: list of (stage, step, writes)
+        group: list = []
+        stage_state = [None] * NS  # None / ("pending", t) / ("ready", t) / ("read", t)
+
+        def issue(t, s):
+            st = stage_state[s]
+            assert st is None or st[0] == "read", f"stage {s} overwritten by step {t} before it was read: {st}"
+            stage_state[s] = ("pending", t)
+            for name, src, nb, dst, j in items(t, s):
+                cb = max(nb, 4)
+                src_c = src if nb >= 4 else src & ~3
+                ok = pv[j]
+                assert np.all(src_c % cb == 0) and np.all(dst % cb == 0), "cp.async misaligned"
+                assert np.all(dst >= 0) and np.all(dst + cb <= NS * SB), "stage copy outside the stage region"
+                ne = cb // isz
+                sidx = src_c[:, None] // isz + np.arange(ne)[None, :]
+                buf = bufs[name]
+                assert np.all(sidx[ok] >= 0) and np.all(sidx[ok] < buf.size), "copy source outside the tensor"
+                assert np.all(src[ok] // isz + max(nb // isz, 1) <= buf.size - 1), "item outside the tensor"
+                vals = np.where(ok[:, None], buf[np.where(ok[:, None], sidx, 0)], 0.0)  # src-size 0: zero fill
+                didx = dst[:, None] // isz + np.arange(ne)[None, :]
+                group.append((didx, vals))
+
+        def commit(s_t):
+            pending.append((s_t, list(group)))
+            group.clear()
+
+        def wait(nmax):
+            while len(pending) > nmax:
+                s_t, writes = pending.pop(0)
+                for didx, vals in writes:
+                    sm_el[didx] = vals
+                    owner[didx] = tid[:, None]
+                if s_t is not None:
+                    s, t = s_t
+                    assert stage_state[s] == ("pending", t)
+                    stage_state[s] = ("ready", t)
+
+        def read(t, s):
+            assert stage_state[s] == ("ready", t), f"step {t} read from stage {s} in state {stage_state[s]}"
+            stage_state[s] = ("read", t)
+            got = {}
+            for name, src, nb, dst, j in items(t, s):
+                didx = dst // isz
+                if nb < 4:
+                    didx = didx + ((src & 2) != 0)  # the half of the word holding the element
+                assert np.all(owner[didx] == tid), "a thread reads a slot another thread copied"
+                ne = max(nb // isz, 1)
+                got.setdefault((name, j), []).append(sm_el[didx[:, None] + np.arange(ne)[None, :]])
+            return got
+
+        for t in range(NS - 1):
+            if t < n:
+                issue(t, t)
+            commit((t, t) if t < n else None)
+        smem = np.zeros((2, 2, nslot, VEC))
+        w_lo, w_hi = lane < TC, lane + TC >= 32
+        my_lo, my_hi = warp * TC + lane, warp * TC + lane - (32 - TC)
+        up_t, dn_t = tid - TC, tid + TC
+        up_ok, dn_ok = up_t >= 0, dn_t < nthr
+        up_slot = np.where(up_ok, (up_t >> 5) * TC + (up_t & 31) - (32 - TC), 0)
+        dn_slot = np.where(dn_ok, (dn_t >> 5) * TC + (dn_t & 31), 0)
+        h = np.zeros((P, nthr, VEC))
+        rs, ws = 0, NS - 1
+        for t in range(n):
+            par = t & 1
+            if t + NS - 1 < n:
+                issue(t + NS - 1, ws)
+                commit((ws, t + NS - 1))
+            else:
+                commit(None)
+            wait(NS - 1)
+            got = read(t, rs)
+            rs = 0 if rs + 1 == NS else rs + 1
+            ws = 0 if ws + 1 == NS else ws + 1
+            upv = np.zeros((nthr, VEC))
+            dnv = np.zeros((nthr, VEC))
+            if TC < 32:
+                src_up = np.where(lane >= TC, tid - TC, tid)
+                src_dn = np.where(lane + TC < 32, tid + TC, tid)
+                upv = h[P - 1][src_up].copy()
+                dnv = h[0][src_dn].copy()
+            m = lane < TC
+            upv[m] = np.where(up_ok[m, None], smem[par, 1, up_slot[m]], 0.0)
+            m = lane + TC >= 32
+            dnv[m] = np.where(dn_ok[m, None], smem[par, 0, dn_slot[m]], 0.0)
+            for j in range(P):
+                ok = pv[j]
+                xv = got[("x", j)][0]
+                lv = got[("l", j)][0]
+                uv = got[("u", j)][0] if u is not None else None
+                zz = got[("z", j)]  # 3*NZL arrays [nthr, NZ or 1]
+                if ZG == 0:
+                    zk = [np.concatenate(zz[kk * NZL:(kk + 1) * NZL], 1) for kk in range(3)]
+                else:
+                    zk = [zz[kk] for kk in range(3)]
+                g1, g2, g3 = sig_gates(zk[0], zk[1], zk[2], hpv[j][:, None], hnv[j][:, None])
+                gi = vv if ZG == 0 else (vv * NZ) // VEC
+                old = h[j].copy()
+                nx = h[j + 1] if j + 1 < P else dnv
+                nv = lv * xv + g1[:, gi] * upv + g2[:, gi] * old + g3[:, gi] * nx
+                nv = np.where(ok[:, None], nv, 0.0)
+                upv = old
+                h[j] = nv
+                yo = nv * uv if u is not None else nv
+                yoff = (Al + t * ls + j * ll)[:, None] + vv[None, :] * isz
+                yoff = yoff[ok]
+                assert np.all(np.isnan(y[yoff // isz])), "an output element is written twice"
+                y[yoff // isz] = yo[ok]
+            smem[par ^ 1, 0, my_lo[w_lo]] = h[0][w_lo]
+            smem[par ^ 1, 1, my_hi[w_hi]] = h[P - 1][w_hi]
+        wait(0)
+        assert all(st is None or st[0] == "read" for st in stage_state), "a staged step was never read"
+    return y
+
+
+def run_emulation(cases=None, kernels=KERNELS) -> list[dict]:
+    """Emulate the heuristic config (and variants with other tc/p, v2: other stage counts) on small shapes
+    vs the reference."""
     import torch
 
     from cgspn.ops import gspn2d
@@ -505,6 +867,8 @@ def run_emulation(cases=None) -> list[dict]:
         (1, 6, 40, 64, 16, 7, "bf16", True),   # zg = 2
         (1, 5, 4, 48, 16, 3, "bf16", True),    # GS = 3: general path
         (1, 70, 3, 8, 1, None, "fp32", True),  # p > 1 thanks to a variant
+        (1, 7, 5, 3, 1, None, "bf16", True),   # VEC = 1 (2-byte x/lam/u items, odd element count of x)
+        (2, 6, 9, 12, 3, 4, "fp16", False),    # VEC = 4 (8-byte items), GS = 4: broadcast gate, u = None
     ]
     out = []
     for (B, H, W, C, G, chunk, dt, with_u) in cases:
@@ -514,36 +878,47 @@ def run_emulation(cases=None) -> list[dict]:
         z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
         u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
         ref = gspn2d(x, lam, z, u=u, chunk=chunk, backend="reference").numpy().reshape(-1)
-        base = plan(B, H, W, C, G, dt, chunk)
-        cfgs = [base]
-        for kw in ({"p": 2, "tc": 1}, {"p": 4, "tc": 2}, {"p": 1, "tc": C // base.vec if C // base.vec <= 32 else 1}):
-            try:
-                c = make_config(B, H, W, C, G, dt, chunk, rp=True, pfd=0, **kw)
-            except ValueError:
-                continue
-            if c not in cfgs:
-                cfgs.append(c)
-        for cfg in cfgs:
-            yv = emulate(cfg, x.numpy().reshape(-1), lam.numpy().reshape(-1), z.numpy().reshape(-1),
-                         u.numpy().reshape(-1) if u is not None else None, B, H, W, C, G)
-            unwritten = int(np.isnan(yv).sum())
-            err = float(np.nanmax(np.abs(yv - ref))) if unwritten < yv.size else float("nan")
-            ok = unwritten == 0 and err < 1e-4 * max(1.0, float(np.abs(ref).max()))
-            out.append({"case": [B, H, W, C, G, chunk, dt, with_u], "config": cfg.short(), "max_abs_err": err,
-                        "unwritten": unwritten, "ok": ok})
-            print(f"emulate {str((B, H, W, C, G, chunk, dt, with_u)):42s} {cfg.short():48s} err={err:.2e} "
-                  f"unwritten={unwritten} {'OK' if ok else 'FAIL'}", flush=True)
+        for kernel in kernels:
+            base = plan_for(kernel, B, H, W, C, G, dt, chunk)
+            cfgs = [base]
+            extra = [{"p": 2, "tc": 1}, {"p": 4, "tc": 2}, {"p": 1, "tc": C // base.vec if C // base.vec <= 32 else 1}]
+            if kernel == "v2":
+                extra = [dict(e, ns=ns) for e, ns in zip(extra, (2, 3, 5))] + [{"p": 1, "tc": 1, "ns": 8}]
+            else:
+                extra = [dict(e, rp=True, pfd=0) for e in extra]
+            for kw in extra:
+                try:
+                    c = make_config(B, H, W, C, G, dt, chunk, kernel=kernel, **kw)
+                except ValueError:
+                    continue
+                if c not in cfgs:
+                    cfgs.append(c)
+            for cfg in cfgs:
+                em = emulate_v2 if kernel == "v2" else emulate
+                try:
+                    yv = em(cfg, x.numpy().reshape(-1), lam.numpy().reshape(-1), z.numpy().reshape(-1),
+                            u.numpy().reshape(-1) if u is not None else None, B, H, W, C, G)
+                    unwritten = int(np.isnan(yv).sum())
+                    err = float(np.nanmax(np.abs(yv - ref))) if unwritten < yv.size else float("nan")
+                    ok = unwritten == 0 and err < 1e-4 * max(1.0, float(np.abs(ref).max()))
+                    msg = ""
+                except AssertionError as e:
+                    unwritten, err, ok, msg = -1, float("nan"), False, f"assertion: {e}"
+                out.append({"case": [B, H, W, C, G, chunk, dt, with_u], "kernel": kernel, "config": cfg.short(),
+                            "max_abs_err": err, "unwritten": unwritten, "ok": ok, "error": msg})
+                print(f"emulate {str((B, H, W, C, G, chunk, dt, with_u)):42s} {cfg.short():58s} err={err:.2e} "
+                      f"unwritten={unwritten} {'OK' if ok else 'FAIL'} {msg}", flush=True)
     return out
 
 
 # ----------------------------------------------------------------------------- nvcc resource check
 def nvcc_check(configs: list[FwdConfig]) -> dict:
     """nvcc -cubin --resource-usage on a wrapper instantiating the given configs (sm_90)."""
-    insts = sorted({c.inst for c in configs})
-    lines = [f'#include "{KERNEL_PATH}"']
+    exprs = sorted({c.name_expr for c in configs})
+    lines = [f'#include "{KERNEL_PATH}"', f'#include "{KERNEL_V2_PATH}"']
     sig = "(const void*, const void*, const void*, const void*, void*, int, int, int, int, int, int, int, int, int, int, int)"
-    for (dt, vec, zg, p, rp, mr) in insts:
-        lines.append(f"template __global__ void gspn_fwd<{TAG[dt]}, {vec}, {zg}, {p}, {'true' if rp else 'false'}, {mr}>{sig};")
+    for e in exprs:
+        lines.append(f"template __global__ void {e}{sig};")
     with tempfile.TemporaryDirectory() as td:
         src = Path(td) / "inst.cu"
         src.write_text("\n".join(lines) + "\n")
@@ -569,6 +944,14 @@ def nvcc_check(configs: list[FwdConfig]) -> dict:
         if m and cur:
             res[cur] = {"regs": int(m.group(1)), "spill_stores": spill[0], "spill_loads": spill[1]}
             cur = None
+    # mangled -> the name_expr spelling (c++filt when present), e.g. "gspn_fwd_v2<BF16, 8, 8, 1, 8, 200>"
+    try:
+        dm = subprocess.run(["c++filt"], input="\n".join(res), capture_output=True, text=True, check=True)
+        names = [re.sub(r"^void ", "", x).split("(")[0] for x in dm.stdout.splitlines()]
+        if len(names) == len(res):
+            res = dict(zip(names, res.values()))
+    except (OSError, subprocess.CalledProcessError):
+        pass
     return res
 
 
@@ -602,7 +985,8 @@ def _inputs(B, H, W, C, G, dt, with_u, seed=0):
     return x, lam, z, u
 
 
-def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math: bool) -> dict:
+def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math: bool,
+              kernels: tuple = KERNELS) -> dict:
     import torch
 
     t_start = time.perf_counter()
@@ -626,14 +1010,19 @@ def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math
 
     # ---- plan everything, compile once
     corr_cfgs = []  # (case, config) pairs: the heuristic config and a few other layouts per case
+    res["kernels"] = list(kernels)
     for case in CORRECTNESS:
         B, H, W, C, G, chunk, dt, with_u = case
-        base = plan(B, H, W, C, G, dt, chunk, sm_count=sm)
-        corr_cfgs += [(case, c) for c in check_variants(base, B, H, W, C, G, chunk)]
-    bench_cfgs = []
+        for kernel in kernels:
+            base = plan_for(kernel, B, H, W, C, G, dt, chunk, sm_count=sm)
+            corr_cfgs += [(case, c) for c in check_variants_for(base, B, H, W, C, G, chunk)]
+    bench_cfgs = []  # per shape: each kernel's heuristic config first, then its variants
     for (B, H, W, C, G) in BENCH:
-        base = plan(B, H, W, C, G, "bf16", None, sm_count=sm)
-        bench_cfgs.append(variants(base, B, H, W, C, G) if sweep else [base])
+        cs = []
+        for kernel in kernels:
+            base = plan_for(kernel, B, H, W, C, G, "bf16", None, sm_count=sm)
+            cs += variants_for(base, B, H, W, C, G) if sweep else [base]
+        bench_cfgs.append(cs)
     all_cfgs = [c for _, c in corr_cfgs] + [c for cs in bench_cfgs for c in cs]
     options = ("-std=c++17",) + (("--use_fast_math",) if fast_math else ())
     res["compile"] = {"options": list(options), "name_expressions": sorted({c.name_expr for c in all_cfgs})}
@@ -672,7 +1061,7 @@ def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math
     for case, cfg in corr_cfgs:
         B, H, W, C, G, chunk, dt, with_u = case
         entry = {"case": dict(zip(("B", "H", "W", "C", "G", "chunk", "dtype", "with_u"), case)),
-                 "config": asdict(cfg), "name_expr": cfg.name_expr}
+                 "config": asdict(cfg), "name_expr": cfg.name_expr, "kernel": cfg.kernel}
         try:
             if case not in ref_cache:
                 ref_cache.clear()
@@ -697,7 +1086,7 @@ def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math
             entry.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         all_ok &= entry["ok"]
         corr.append(entry)
-        print(f"check {str(case):44s} {cfg.short():50s} max_abs_err={entry.get('max_abs_err', float('nan')):.3e} "
+        print(f"check {str(case):44s} {cfg.short():62s} max_abs_err={entry.get('max_abs_err', float('nan')):.3e} "
               f"tol_ratio={entry.get('tol_ratio', float('nan')):.3f} {'OK' if entry['ok'] else 'FAIL ' + entry.get('error', '')}",
               flush=True)
     res["correctness"] = corr
@@ -740,7 +1129,8 @@ def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math
             row["triton_pct_copy"] = 100 * row["triton_GBps"] / copy_gbs
             var = []
             for i, cfg in enumerate(cfgs):
-                v = {"config": asdict(cfg), "name_expr": cfg.name_expr, "heuristic": i == 0}
+                v = {"config": asdict(cfg), "name_expr": cfg.name_expr, "kernel": cfg.kernel,
+                     "heuristic": all(c.kernel != cfg.kernel for c in cfgs[:i])}
                 try:
                     runner(cfg, x, lam, z, u, y, B, H, W, C, G)
                     torch.cuda.synchronize()
@@ -766,6 +1156,17 @@ def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math
                 row["cuda_best_GBps"] = best["GBps"]
                 row["cuda_best_pct_copy"] = best["pct_copy"]
                 row["cuda_best_config"] = best["config"]
+            for kernel in kernels:  # per kernel: cuda_v1_heuristic_us, cuda_v2_best_us, ...
+                kv = [v for v in var if v["kernel"] == kernel]
+                hv = [v for v in kv if v["heuristic"]]
+                row[f"cuda_{kernel}_heuristic_us"] = hv[0].get("us") if hv else None
+                row[f"cuda_{kernel}_heuristic_pct_copy"] = hv[0].get("pct_copy") if hv else None
+                kok = [v for v in kv if "us" in v]
+                if kok:
+                    kb = min(kok, key=lambda v: v["us"])
+                    row[f"cuda_{kernel}_best_us"] = kb["us"]
+                    row[f"cuda_{kernel}_best_pct_copy"] = kb["pct_copy"]
+                    row[f"cuda_{kernel}_best_config"] = kb["config"]
             del x, lam, z, u, y, yt
         except Exception as e:  # noqa: BLE001
             row["error"] = f"{type(e).__name__}: {e}"
@@ -780,20 +1181,24 @@ def gpu_probe(out_dir: Path, iters: int, budget_s: float, sweep: bool, fast_math
     res["seconds"] = time.perf_counter() - t_start
 
     # ---- table
-    hdr = f"{'B':>3} {'H':>4} {'W':>4} {'C':>4} {'G':>4} | {'MB':>6} | {'copy us':>8} | {'triton us':>9} {'%copy':>6} | " \
-          f"{'cuda heur us':>12} | {'cuda best us':>12} {'GB/s':>6} {'%copy':>6} | best config"
+    kcols = "".join(f" | {k + ' heur us':>12} {'%copy':>6} {k + ' best us':>12} {'%copy':>6}" for k in kernels)
+    hdr = f"{'B':>3} {'H':>4} {'W':>4} {'C':>4} {'G':>4} | {'MB':>6} | {'copy us':>8} | {'triton us':>9} {'%copy':>6}" \
+          f"{kcols} | best config"
     print("\n" + hdr + "\n" + "-" * len(hdr))
+    nan = float("nan")
     for r in rows:
         if "cuda_best_us" not in r:
             print(f"{str(r.get('shape')):40s} {r.get('skipped', r.get('error', 'no result'))}")
             continue
-        s = r["shape"]
+        s_ = r["shape"]
         bc = FwdConfig(**r["cuda_best_config"])
-        heur = r["cuda_heuristic_us"]
-        print(f"{s['B']:>3} {s['H']:>4} {s['W']:>4} {s['C']:>4} {s['G']:>4} | {r['bytes'] / 1e6:6.0f} | "
-              f"{r['copy_same_bytes_us']:8.1f} | {r['triton_us']:9.1f} {r['triton_pct_copy']:6.1f} | "
-              f"{heur if heur is not None else float('nan'):12.1f} | {r['cuda_best_us']:12.1f} {r['cuda_best_GBps']:6.0f} "
-              f"{r['cuda_best_pct_copy']:6.1f} | {bc.short()}")
+        line = (f"{s_['B']:>3} {s_['H']:>4} {s_['W']:>4} {s_['C']:>4} {s_['G']:>4} | {r['bytes'] / 1e6:6.0f} | "
+                f"{r['copy_same_bytes_us']:8.1f} | {r['triton_us']:9.1f} {r['triton_pct_copy']:6.1f}")
+        for k in kernels:
+            g = lambda key: r.get(f"cuda_{k}_{key}") if r.get(f"cuda_{k}_{key}") is not None else nan
+            line += (f" | {g('heuristic_us'):12.1f} {g('heuristic_pct_copy'):6.1f} {g('best_us'):12.1f} "
+                     f"{g('best_pct_copy'):6.1f}")
+        print(line + f" | {bc.short()}")
     print(f"\ncopy bandwidth {copy_gbs:.0f} GB/s; correctness {'all OK' if all_ok else 'FAILED'}; "
           f"{res['seconds']:.0f} s; wrote {out_dir / 'cuda_probe.json'}")
     dump()
@@ -810,33 +1215,55 @@ def main(argv=None) -> int:
     ap.add_argument("--emulate", action="store_true", help="CPU: numpy emulation of the kernel vs the reference")
     ap.add_argument("--plan-only", action="store_true", help="CPU: print the launch configs")
     ap.add_argument("--nvcc-check", action="store_true", help="CPU: nvcc --resource-usage of every planned config")
+    ap.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to run: v1, v2 (default both)")
     a = ap.parse_args(argv)
+    kernels = tuple(k.strip() for k in a.kernels.split(",") if k.strip())
+    if not kernels or any(k not in KERNELS for k in kernels):
+        ap.error(f"--kernels must be a comma-separated subset of {KERNELS}, got {a.kernels!r}")
     if a.plan_only or a.nvcc_check:
         cfgs = []
-        for (B, H, W, C, G, chunk, dt, _u) in CORRECTNESS:
-            for c in check_variants(plan(B, H, W, C, G, dt, chunk), B, H, W, C, G, chunk):
-                cfgs.append(c)
-                print(f"check {str((B, H, W, C, G, chunk, dt)):40s} {c.short():55s} {c.name_expr}")
-        for (B, H, W, C, G) in BENCH:
-            base = plan(B, H, W, C, G, "bf16", None)
-            vs = variants(base, B, H, W, C, G) if not a.no_sweep else [base]
-            cfgs += vs
-            for i, c in enumerate(vs):
-                print(f"{'bench' if i == 0 else '  var'} {str((B, H, W, C, G)):40s} {c.short():55s} {c.name_expr}")
+        heur = set()
+        for kernel in kernels:
+            for (B, H, W, C, G, chunk, dt, _u) in CORRECTNESS:
+                for c in check_variants_for(plan_for(kernel, B, H, W, C, G, dt, chunk), B, H, W, C, G, chunk):
+                    cfgs.append(c)
+                    print(f"check {str((B, H, W, C, G, chunk, dt)):40s} {c.short():62s} {c.name_expr}")
+            for (B, H, W, C, G) in BENCH:
+                base = plan_for(kernel, B, H, W, C, G, "bf16", None)
+                heur.add(base.name_expr)
+                vs = variants_for(base, B, H, W, C, G) if not a.no_sweep else [base]
+                cfgs += vs
+                for i, c in enumerate(vs):
+                    print(f"{'bench' if i == 0 else '  var'} {str((B, H, W, C, G)):40s} {c.short():62s} "
+                          f"{c.name_expr}  ~{occupancy(c)} CTA/SM (by maxreg)")
         print(f"{len({c.name_expr for c in cfgs})} instantiations")
         if a.nvcc_check:
             res = nvcc_check(cfgs)
             for k, v in sorted(res.items()):
-                print(f"  {k:60s} {v}")
+                print(f"  {'*' if k in heur else ' '} {k:50s} {v}")
+            print("  (* = picked by the heuristic for a benchmark shape)")
+            print("occupancy of the benchmark heuristic configs with the compiled register counts:")
+            for kernel in kernels:
+                for (B, H, W, C, G) in BENCH:
+                    c = plan_for(kernel, B, H, W, C, G, "bf16", None)
+                    r = res.get(c.name_expr, {})
+                    occ = occupancy(c, r.get("regs"))
+                    inflight = (c.ns - 1) * c.threads * v2_stage_bytes_per_thread(c.dtype, c.vec, c.zg, c.p) if c.kernel == "v2" else 0
+                    print(f"  {str((B, H, W, C, G)):26s} {c.short():62s} regs={r.get('regs')} "
+                          f"spills={r.get('spill_stores')}/{r.get('spill_loads')} {occ} CTA/SM "
+                          f"({occ * c.threads // 32} warps), waves={c.grid / (occ * SM_COUNT_GUESS) if occ else float('nan'):.2f}"
+                          + (f", in flight {occ * inflight // 1024} KB/SM" if inflight else ""))
+            bad = {k: v for k, v in res.items() if v["spill_stores"] or v["spill_loads"]}
+            print(f"{len(bad)} of {len(res)} instantiations spill" + (f": {sorted(bad)}" if bad else ""))
         return 0
     if a.emulate:
-        r = run_emulation()
+        r = run_emulation(kernels=kernels)
         bad = [e for e in r if not e["ok"]]
         print(f"{len(r) - len(bad)} passed, {len(bad)} failed")
         return 1 if bad else 0
     if a.out is None:
         ap.error("--out DIR is required for the GPU probe")
-    res = gpu_probe(a.out, a.iters, a.budget, not a.no_sweep, a.fast_math)
+    res = gpu_probe(a.out, a.iters, a.budget, not a.no_sweep, a.fast_math, kernels)
     return 0 if res.get("ok") else 1
 
 
