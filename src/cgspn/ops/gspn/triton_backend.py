@@ -92,11 +92,7 @@ def backward_config(
         bc = max(1, min(_next_pow2(C), elems // bl))
         while bc > 8 and not _enough_programs(B, C, bc):
             bc //= 2
-        # warps from the tile's bytes, not its elements: a halved fp32 tile keeps the warps of the
-        # bf16 one, so each thread holds half the values (the fp32 per-channel-gate backward ran
-        # 12x slower than bf16 with the warps halved too; this change is not yet measured)
-        work = bl * bc * max(1, itemsize // 2)
-        warps = 8 if work >= 4096 else 4 if work >= 1024 else 2 if work >= 256 else 1
+        warps = 8 if bl * bc >= 4096 else 4 if bl * bc >= 1024 else 2 if bl * bc >= 256 else 1
         # one gather for both neighbour shifts pays off except on short lines with shared gates
         # and on long lines with per-channel gates when there are programs enough to hide latency
         joined = not ((bl <= 32 and GS % bc == 0) or (GS == 1 and bl >= 128 and _enough_programs(B, C, bc)))
