@@ -34,6 +34,21 @@ def tiny_overrides(out_dir, steps1: int = 4, steps2: int = 4) -> list[str]:
     ]
 
 
+def fit(objective, steps: int, batch_fn, lr: float) -> list[float]:
+    """Train ``objective`` for ``steps`` AdamW steps on ``batch_fn() -> (loss, metrics)``; the losses."""
+    from cgspn.distill.optim import build_optimizer, param_groups
+
+    opt = build_optimizer(param_groups(objective, lr, 0.0))
+    losses = []
+    for _ in range(steps):
+        loss, _ = batch_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     from cgspn.distill.config import load_config

@@ -5,8 +5,9 @@ import torch
 
 from cgspn.distill.encoders import forward_taps
 from cgspn.distill.objectives import Stage1Objective, Stage2Objective
-from cgspn.distill.optim import build_optimizer, param_groups
 from cgspn.distill.student import build_student, load_student, mixer_parameters, save_student
+
+from .conftest import fit
 
 
 @pytest.fixture
@@ -42,18 +43,6 @@ def test_student_export_roundtrip(pair, tmp_path):
     assert info["teacher"] == "tiny" and (tmp_path / "s.json").is_file()
 
 
-def _fit(objective, steps, batch_fn, lr):
-    opt = build_optimizer(param_groups(objective, lr, 0.0))
-    losses = []
-    for _ in range(steps):
-        loss, metrics = batch_fn()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 def test_stage1_trains_only_mixers_and_decreases_loss(pair):
     teacher, student, _, _ = pair
     obj = Stage1Objective(student)
@@ -63,7 +52,7 @@ def test_stage1_trains_only_mixers_and_decreases_loss(pair):
     torch.manual_seed(1)
     x = torch.randn(4, 3, 32, 32)
     taps = teacher(x, ("inputs", "pp"))
-    losses = _fit(obj, 12, lambda: obj(taps), 3e-3)
+    losses = fit(obj, 12, lambda: obj(taps), 3e-3)
     assert losses[-1] < 0.7 * losses[0], losses
     assert torch.equal(student.blocks[0].mlp.fc1.weight, frozen_before)
 
@@ -77,7 +66,7 @@ def test_stage2_decreases_loss_and_trains_everything(pair):
     torch.manual_seed(2)
     x = torch.randn(4, 3, 32, 32)
     taps = teacher(x, obj.want)
-    losses = _fit(obj, 12, lambda: obj(x, taps), 2e-3)
+    losses = fit(obj, 12, lambda: obj(x, taps), 2e-3)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

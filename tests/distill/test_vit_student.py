@@ -7,10 +7,10 @@ import torch
 
 from cgspn.distill.encoders import forward_taps, set_pos_antialias
 from cgspn.distill.objectives import Stage1Objective, Stage2Objective
-from cgspn.distill.optim import build_optimizer, param_groups
+from cgspn.distill.optim import param_groups
 from cgspn.distill.student import build_student, load_student, mixer_parameters, save_student
 
-from .conftest import TINY_TEACHER
+from .conftest import TINY_TEACHER, fit
 
 # patch 14 so that 224 and 518 are valid evaluation sizes
 TINY14 = {"depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 14, "img_size": 28, "init_values": 0.1}
@@ -21,18 +21,6 @@ def vit_pair(tiny_teacher):
     torch.manual_seed(0)
     student, spec, info = build_student(tiny_teacher.model, tiny_teacher.name, "vit")
     return tiny_teacher, student, spec, info
-
-
-def _fit(objective, steps, batch_fn, lr):
-    opt = build_optimizer(param_groups(objective, lr, 0.0))
-    losses = []
-    for _ in range(steps):
-        loss, _ = batch_fn()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_vit_student_copies_all_but_attention(vit_pair):
@@ -88,7 +76,7 @@ def test_vit_student_stage1_and_stage2_decrease(vit_pair):
     torch.manual_seed(1)
     x = torch.randn(4, 3, 32, 32)
     taps = teacher(x, ("inputs", "pp"))
-    losses = _fit(obj1, 10, lambda: obj1(taps), 3e-3)
+    losses = fit(obj1, 10, lambda: obj1(taps), 3e-3)
     assert losses[-1] < 0.7 * losses[0], losses
     assert torch.equal(student.blocks[0].mlp.fc1.weight, mlp_before)
 
@@ -97,7 +85,7 @@ def test_vit_student_stage1_and_stage2_decrease(vit_pair):
     obj2 = Stage2Objective(student, {"itc": 0.0})
     assert sum(p.numel() for p in obj2.trainable_parameters()) == sum(p.numel() for p in obj2.parameters())
     taps = teacher(x, obj2.want)
-    losses = _fit(obj2, 10, lambda: obj2(x, taps), 1e-3)
+    losses = fit(obj2, 10, lambda: obj2(x, taps), 1e-3)
     assert losses[-1] < 0.7 * losses[0], losses
     # multi-scale resolutions: the position grid is resampled both ways, the loss stays finite
     for r in (24, 48):
