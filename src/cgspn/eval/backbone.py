@@ -83,26 +83,6 @@ def register_project_models() -> None:
             importlib.import_module(mod)
 
 
-def _shard_files(path: Path) -> list[Path]:
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ValueError(f"checkpoints are read as safetensors; got {path.name} (convert it with safetensors.torch.save_file)")
-        return [path]
-    index = sorted(path.glob("*.safetensors.index.json"))
-    if index:
-        meta = json.loads(index[0].read_text())
-        names = sorted(set(meta.get("weight_map", {}).values()))
-        files = [path / n for n in names]
-        missing = [str(f) for f in files if not f.exists()]
-        if missing:
-            raise FileNotFoundError(f"checkpoint index {index[0].name} names missing shards: {', '.join(missing[:3])}")
-        return files
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in checkpoint folder {path}")
-    return files
-
-
 def load_safetensors_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, list[str]]:
     """Load a ``.safetensors`` file or a folder of shards into ``model``.
 
@@ -113,17 +93,12 @@ def load_safetensors_weights(model: nn.Module, path: str | os.PathLike, strict: 
 
     Returns ``{"missing": [...], "unexpected": [...]}``.
     """
-    from safetensors.torch import load_file
+    from cgspn.models.shipped import read_sharded
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    state: dict[str, torch.Tensor] = {}
-    for f in _shard_files(p):
-        try:
-            state.update(load_file(str(f)))
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"cannot read checkpoint shard {f}: {e}") from None
+    state = read_sharded(p)
     own = model.state_dict()
     for prefix in ("module.", "student.", "model.", "backbone."):
         if not any(k in own for k in state) and any(k.startswith(prefix) for k in state):

@@ -51,12 +51,14 @@ def shipped_weights(name: str) -> Path | None:
 def _files(path: Path) -> list[Path]:
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise ValueError(f"weights are read as safetensors; got {path.name}")
+            raise ValueError(f"weights are read as safetensors; got {path.name} "
+                             "(convert it with safetensors.torch.save_file)")
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"weights not found: {path}")
-    index = path / INDEX_NAME
-    if index.is_file():
+    indexes = sorted(path.glob("*.safetensors.index.json"))  # ours is INDEX_NAME; HF names vary
+    if indexes:
+        index = indexes[0]
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
