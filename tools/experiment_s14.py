@@ -56,16 +56,26 @@ def _sh(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
 
-def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str]) -> int:
-    """Run ``cmd``, tee-less: output to ``log``. Returns the exit code (124 on timeout)."""
+def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str], grace: float = 45.0) -> int:
+    """Run ``cmd`` with its output appended to ``log``. Returns the exit code (124 on timeout).
+
+    On timeout the command first gets SIGTERM (``cgspn distill`` then writes a checkpoint and
+    exits, so ``--resume`` continues exactly) and ``grace`` seconds before SIGKILL.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"$ {_sh(cmd)}\n")
         f.flush()
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         try:
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(1.0, timeout), env=env)
-            return p.returncode
+            return p.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
+            p.terminate()
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
             f.write(f"\n[timed out after {timeout:.0f} s]\n")
             return 124
 
@@ -78,7 +88,7 @@ def distill_cmd(arm: str, args: argparse.Namespace, out: Path) -> list[str]:
         f"stage2.steps={s2}", f"stage2.batch_size={args.batch}",
         f"highres.steps={args.highres_steps}", f"highres.batch_size={args.highres_batch}",
         f"highres.enabled={'true' if args.highres_steps > 0 else 'false'}",
-        "engine.ckpt_every=0", f"engine.log_every={args.log_every}", "engine.progress=false",
+        f"engine.ckpt_every={args.ckpt_every}", f"engine.log_every={args.log_every}", "engine.progress=false",
         "engine.tensorboard=false", f"seed={args.seed}",
     ] + [s.format(**fmt) for s in ARMS[arm][1]]
     cmd = [sys.executable, "-m", "cgspn.cli", "distill", "--config", args.config, "--out", str(out)]
@@ -289,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-reserve-s", type=float, default=150,
                    help="seconds kept for each arm's evaluation (a cold Triton cache costs ~100 s of compiles)")
     r.add_argument("--no-eval", action="store_true", help="train only (throughput calibration)")
+    r.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (a stopped arm resumes from the last)")
     r.add_argument("--bench", action="store_true", help="also time C-GSPN-S vs ViT-S (and the hybrid)")
     r.add_argument("--export-dir", default=None)
     r.add_argument("--tag", default="a")

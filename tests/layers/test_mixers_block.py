@@ -87,12 +87,15 @@ def test_grid_patch_embed_any_multiple_and_errors():
 
 
 @pytest.mark.skipif("triton" not in available_backends("cpu"), reason="needs TRITON_INTERPRET=1 (tests/conftest.py)")
-def test_fused_op_wiring_matches_reference_forward_and_backward():
-    """The mixer hands the fused op strided views of one GEMM's output; results and every gradient
-    must equal the reference path (Triton interpreter on CPU)."""
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_fused_op_wiring_matches_reference_forward_and_backward(prefix):
+    """The mixer hands the fused ops (scan, read-out) strided views of one GEMM's output; results and
+    every gradient must equal the reference path (Triton interpreter on CPU). Without prefix tokens the
+    4-direction sum runs inside the read-out; with them the merged latent goes in (D = 1)."""
     torch.manual_seed(0)
-    m = LatentPropagationMixer(C, num_prefix_tokens=1, latent_dim=CC, chunk=2, backend="triton")
-    x = torch.randn(2, 1 + 6, C, requires_grad=True)
+    m = LatentPropagationMixer(C, num_prefix_tokens=prefix, latent_dim=CC, chunk=2, backend="triton")
+    assert m.fused_readout
+    x = torch.randn(2, prefix + 6, C, requires_grad=True)
     runs = []
     for backend in ("triton", "reference"):
         m.backend = backend

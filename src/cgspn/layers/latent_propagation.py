@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..ops import gspn2d
+from ..ops import gspn2d, latent_readout
 
 __all__ = ["LatentPropagation", "default_latent_dim", "default_gate_groups", "mixer_weight_params"]
 
@@ -66,7 +66,8 @@ class LatentPropagation(nn.Module):
       teacher's head count at B/L/SO400M widths); per-channel gates (``gate_groups=latent_dim``)
       make the scan read 12 C_c gate logits per token instead of 3 C_c.
     * **Merge**: learned per-direction, per-channel weights ``merge_weight`` (4, C_c), init 1/4,
-      then the latent norm (LayerNorm over C_c by default). The norm makes the output scale
+      then the latent norm (LayerNorm over C_c by default). The weights are folded into u before the
+      scan (:meth:`weighted_u`), so the merge itself is a plain sum over the directions. The norm makes the output scale
       independent of the grid size: each direction accumulates mass ~ the number of lines scanned.
       The weighted sum and the norm are elementwise/reduction ops on C_c channels, which
       ``torch.compile`` fuses; eager mode runs them as three small latent-width kernels.
@@ -266,9 +267,36 @@ class LatentPropagation(nn.Module):
         """Weighted sum of the 4 directions: (..., 4, C_c) -> (..., C_c) (before the latent norm)."""
         return (y * self.merge_weight.to(y.dtype)).sum(dim=-2)
 
+    def weighted_u(self, u: torch.Tensor) -> torch.Tensor:
+        """u (..., 4, C_c) times the merge weights: the scan then returns ``merge_weight[d] * u_d * h_d``,
+        so the merge is a plain sum over directions. The product is also the contiguous copy of u the
+        scan kernel needs (u is a strided slice of ``in_proj``'s output), so the weights cost nothing."""
+        return u * self.merge_weight.to(u.dtype)
+
+    @property
+    def fused_readout(self) -> bool:
+        """True when :meth:`readout` runs as one op (:func:`cgspn.ops.latent_readout`): a LayerNorm
+        latent norm over C_c and the exact GELU, the defaults. Other norms / activations run unfused."""
+        ln = self.latent_norm
+        return (
+            type(ln) is nn.LayerNorm and tuple(ln.normalized_shape) == (self.latent_dim,)
+            and type(self.act) is nn.GELU and self.act.approximate == "none"
+        )
+
+    def readout(self, y: torch.Tensor) -> torch.Tensor:
+        """Sum over directions, latent norm, ``up``, ``act``: y (..., D, C_c) -> (..., C), D >= 1.
+
+        With the default LayerNorm + GELU this is one fused op (the (..., C) pre-activation is
+        never written); see :attr:`fused_readout`.
+        """
+        if self.fused_readout:
+            ln = self.latent_norm
+            return latent_readout(y, ln.weight, ln.bias, self.up.weight, self.up.bias, eps=ln.eps, backend=self.backend)
+        return self.act(self.up(self.latent_norm(y.sum(dim=-2))))
+
     def project_out(self, m: torch.Tensor) -> torch.Tensor:
         """Merged latent (..., C_c) -> normalised, lifted and projected output (..., C)."""
-        return self.proj_drop(self.proj(self.act(self.up(self.latent_norm(m)))))
+        return self.proj_drop(self.proj(self.readout(m.unsqueeze(-2))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, H, W, C) channels-last tokens -> (B, H, W, C)."""
@@ -277,8 +305,8 @@ class LatentPropagation(nn.Module):
                 f"LatentPropagation expects channels-last tokens (B, H, W, C={self.dim}), got shape {tuple(x.shape)}"
             )
         v, lam, u, z = self.project_in(x)
-        y = self.propagate(v, lam, z, u)
-        return self.project_out(self.merge(y))
+        y = self.propagate(v, lam, z, self.weighted_u(u))  # merge weights folded into u
+        return self.proj_drop(self.proj(self.readout(y)))  # the merge (a sum) is fused into the read-out
 
     def extra_repr(self) -> str:
         return (

@@ -78,18 +78,20 @@ class LatentPropagationMixer(LatentPropagation):
         H, W = int(grid[0]), int(grid[1])
         Cc = self.latent_dim
         v, lam, u, z = self.project_in(x)
+        uw = self.weighted_u(u)  # (B, P + H*W, 4, C_c); its grid slice shares lam's strides (no copy in the op)
         y = self.propagate(
             v[:, P:].reshape(B, H, W, Cc),
             lam[:, P:].reshape(B, H, W, 4, Cc),
             z[:, P:].reshape(B, H, W, 4, 3, self.gate_groups),
-            u[:, P:].reshape(B, H, W, 4, Cc),
-        )
-        m = self.merge(y).reshape(B, H * W, Cc)
-        if P:
-            summary = y.mean(dim=(1, 2))  # (B, 4, C_c)
-            m_prefix = self.merge(u[:, :P] * summary[:, None].to(u.dtype))  # (B, P, C_c)
-            m = torch.cat([m_prefix.to(m.dtype), m], dim=1)
-            m = m + self.prefix_weight.to(v.dtype) * v[:, :P].mean(dim=1, keepdim=True)
+            uw[:, P:].reshape(B, H, W, 4, Cc),
+        )  # y[..., d, :] = merge_weight[d] * u_d * h_d: the merge is a sum
+        if not P:  # the sum over directions is fused into the read-out
+            return self.proj_drop(self.proj(self.readout(y.reshape(B, H * W, 4, Cc))))
+        m = y.sum(dim=-2).reshape(B, H * W, Cc)
+        summary = y.mean(dim=(1, 2))  # (B, 4, C_c), merge weights included
+        m_prefix = (u[:, :P] * summary[:, None].to(u.dtype)).sum(dim=-2)  # (B, P, C_c)
+        m = torch.cat([m_prefix.to(m.dtype), m], dim=1)
+        m = m + self.prefix_weight.to(v.dtype) * v[:, :P].mean(dim=1, keepdim=True)
         return self.project_out(m)
 
 

@@ -121,6 +121,16 @@ def _shared_strides(lam: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Te
     return lam, u
 
 
+def _z_tile_width(GS: int, block_c: int) -> int:
+    """Logits per line position a program loads: 1 when its channel block lies inside one gate
+    group, block_c // GS when the block holds whole groups, else block_c (one per channel)."""
+    if GS % block_c == 0:
+        return 1
+    if block_c % GS == 0:
+        return block_c // GS
+    return block_c
+
+
 def _grid(B: int, ndir: int, C: int, bc: int, S_max: int, chunk: int | None):
     ncb = triton_cdiv(C, bc)
     ck = S_max if chunk is None else min(chunk, S_max)
@@ -164,7 +174,7 @@ def gspn2d_fwd_triton(
         *lam.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None,
-        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZROW=(C // G) % cfg.block_c == 0,
+        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZW=_z_tile_width(C // G, cfg.block_c),
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return y, hs
@@ -209,8 +219,8 @@ def gspn2d_bwd_triton(
         *lam.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         dz_buf.stride(0), dz_buf.stride(1), dz_buf.stride(2), dz_buf.stride(3), dz_buf.stride(4), dz_buf.stride(5),
-        NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode, GSB=GS if mode == 1 else 1,
-        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZROW=mode == 3,
+        NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode,
+        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=_z_tile_width(GS, cfg.block_c),
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
@@ -244,7 +254,7 @@ def line_scan_fwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         NDIR=1, NORM=False, HAS_U=False, SAVE_H=False,
-        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZROW=False,
+        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZW=cfg.block_c,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return y
@@ -274,8 +284,8 @@ def line_scan_bwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, dg.stride(0), sc,
-        NDIR=1, NORM=False, HAS_U=False, GROUP_MODE=0, GSB=1,
-        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZROW=False,
+        NDIR=1, NORM=False, HAS_U=False, GROUP_MODE=0,
+        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=cfg.block_c,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     return dx, dlam, dg

@@ -100,9 +100,30 @@ def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
 
 
 @triton.jit
+def _expand(g, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A [BLOCK_L, ZW] tile of per-group values as [BLOCK_L, BLOCK_C] (each repeated BLOCK_C // ZW
+    times along the channels); ZW == 1 or ZW == BLOCK_C tiles are returned as they are."""
+    if ZW == 1 or ZW == BLOCK_C:
+        return g
+    else:
+        return tl.reshape(tl.broadcast_to(g[:, :, None], [BLOCK_L, ZW, BLOCK_C // ZW]), [BLOCK_L, BLOCK_C])
+
+
+@triton.jit
+def _group_sum(v, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sum a [BLOCK_L, BLOCK_C] tile over each group of BLOCK_C // ZW channels -> [BLOCK_L, ZW]."""
+    if ZW == 1:
+        return tl.sum(v, axis=1, keep_dims=True)
+    elif ZW == BLOCK_C:
+        return v
+    else:
+        return tl.sum(tl.reshape(v, [BLOCK_L, ZW, BLOCK_C // ZW]), axis=2)
+
+
+@triton.jit
 def _tile(X, b, d, cb, is_col, rev, L, start, n, C, GS,
           sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg,
-          ZROW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+          ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     """Index arithmetic of one program's [BLOCK_L, BLOCK_C] tile in direction d (shared by the
     forward and backward kernels): masks, base offsets, and the strides along the line and the scan
     of x (X), the outputs / saved state (P), lam and u (LAM) and the logits (Z).
@@ -123,10 +144,13 @@ def _tile(X, b, d, cb, is_col, rev, L, start, n, C, GS,
     ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok1 = idx < L
     mask = row_ok1[:, None] & (ch < C)[None, :]
-    if ZROW:
+    if ZW == 1:  # the block lies inside one gate group: one logit per line position
         zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)
         zmask = row_ok1[:, None]
-    else:
+    elif ZW < BLOCK_C:  # ZW whole groups of GS = BLOCK_C // ZW channels: one logit per group
+        zch = cb * ZW + tl.arange(0, ZW)
+        zmask = row_ok1[:, None] & (zch * (BLOCK_C // ZW) < C)[None, :]
+    else:  # one logit per channel (GS = 1, or groups that do not tile the block)
         zch = ch // GS
         zmask = mask
     row_ok = row_ok1[:, None]
@@ -166,15 +190,17 @@ def gspn_fwd_kernel(
     slb, slr, slc, sld, slch,
     szb, szr, szc, szd, szg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr,
-    PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZROW: tl.constexpr,
+    PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZW: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Forward scan. x: X[b, r, c, ch]; lam/u: LAM[b, r, c, d, ch] (strides sl*); outputs Y/HS
     (strides sp*); logits Zk[b, r, c, d, g]. Inputs may be strided views (e.g. slices of one GEMM).
 
     Writes Y = u * h (or h) in Y's dtype and, if SAVE_H, the state h to HS (same strides as Y).
-    ZROW: the whole channel block shares one gate group (GS % BLOCK_C == 0), so the gates are
-    loaded and normalised once per line position and broadcast over the channels.
+    ZW: width of the logit tile. 1: the whole channel block shares one gate group
+    (GS % BLOCK_C == 0); 1 < ZW < BLOCK_C: the block holds ZW whole groups (BLOCK_C % GS == 0);
+    BLOCK_C: one logit per channel. Gates are loaded and normalised once per group and line
+    position, then broadcast over the group's channels.
     PREFETCH: how many lines ahead the loads are issued (0, 1 or 2).
     """
     pid = tl.program_id(0)
@@ -184,7 +210,7 @@ def gspn_fwd_kernel(
     (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off, p_line,
      p_scan, l_off, l_scan, z_off, z_scan) = _tile(
         X, b, d, cb, is_col, rev, L, start, n, C, GS, sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch,
-        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZROW, BLOCK_L, BLOCK_C)
+        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZW, BLOCK_L, BLOCK_C)
 
     h = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     if PREFETCH >= 1:
@@ -206,6 +232,9 @@ def gspn_fwd_kernel(
         g1, g2, g3, _s1, _s2, _s3, _inv = _gates(
             z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
         )
+        g1 = _expand(g1, ZW, BLOCK_L, BLOCK_C)
+        g2 = _expand(g2, ZW, BLOCK_L, BLOCK_C)
+        g3 = _expand(g3, ZW, BLOCK_L, BLOCK_C)
         inp = lv.to(tl.float32) * xv.to(tl.float32)
         h_up, h_dn = _shift_pair(h, h, idx, BLOCK_L, BLOCK_C, JOINED)
         h = inp + g1 * h_up + g2 * h + g3 * h_dn
@@ -255,13 +284,14 @@ def gspn_bwd_kernel(
     szb, szr, szc, szd, szg,
     sdb, sdr, sdc, sdd, sdk, sdg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr,
-    GROUP_MODE: tl.constexpr, GSB: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
-    PREFETCH: tl.constexpr, ZROW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    GROUP_MODE: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
+    PREFETCH: tl.constexpr, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
     tensors). Writes DXD (per-direction lam*dh, x's grad before the sum over directions), DLAM,
     DU (if HAS_U) and DZ, the gate-logit grads:
-    GROUP_MODE 0: one gate per channel; 1: groups of GSB (power of two) channels summed in the block;
+    GROUP_MODE 0: one gate per channel; 1: the block holds ZW whole groups of BLOCK_C // ZW channels
+       (gates, and the Jacobian of their normalisation, per group; complete sums stored);
     2: per channel into a scratch the caller sums over each group;
     3: the block lies inside one group (gates loaded once per line position): one partial sum
        per block, at DZ[..., k, cb], summed over the group's blocks by the caller.
@@ -274,12 +304,14 @@ def gspn_bwd_kernel(
     (b64, step, first, idx, ch, row_ok1, mask, zmask, row_ok, has_prev, has_next, x_base, x_scan, p_off, p_line,
      p_scan, l_off, l_scan, z_off, z_scan) = _tile(
         X, b, d, cb, is_col, rev, L, start, n, C, GS, sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch,
-        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZROW, BLOCK_L, BLOCK_C)
+        slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, ZW, BLOCK_L, BLOCK_C)
     mask_up = has_prev & mask
     mask_dn = has_next & mask
     d_line = tl.where(is_col, sdr, sdc)
     d_scan = tl.where(is_col, sdc, sdr)
     dz_base = DZ + b64 * sdb + d * sdd
+    if GROUP_MODE == 1:
+        z_off0 = (cb * ZW + tl.arange(0, ZW))[None, :] * sdg
 
     q1 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     q2 = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
@@ -321,13 +353,11 @@ def gspn_bwd_kernel(
         )
         tl.store(DLAM + p_off + pos * p_scan, (xv.to(tl.float32) * dh).to(DLAM.dtype.element_ty), mask=mask)
         tl.store(DXD + p_off + pos * p_scan, (lv.to(tl.float32) * dh).to(DXD.dtype.element_ty), mask=mask)
-        dg1 = dh * hp_up.to(tl.float32)
-        dg2 = dh * hp.to(tl.float32)
-        dg3 = dh * hp_dn.to(tl.float32)
-        if ZROW:
-            dg1 = tl.sum(dg1, axis=1, keep_dims=True)
-            dg2 = tl.sum(dg2, axis=1, keep_dims=True)
-            dg3 = tl.sum(dg3, axis=1, keep_dims=True)
+        # gate grads summed over each group first: gates are shared, so the normalisation's
+        # Jacobian is applied once per group (ZW logits per line position)
+        dg1 = _group_sum(dh * hp_up.to(tl.float32), ZW, BLOCK_L, BLOCK_C)
+        dg2 = _group_sum(dh * hp.to(tl.float32), ZW, BLOCK_L, BLOCK_C)
+        dg3 = _group_sum(dh * hp_dn.to(tl.float32), ZW, BLOCK_L, BLOCK_C)
         if NORM:
             dot = g1 * dg1 + g2 * dg2 + g3 * dg3
             dz1 = tl.where(has_prev, (dg1 - dot) * inv * s1 * (1.0 - s1), 0.0)
@@ -339,15 +369,10 @@ def gspn_bwd_kernel(
             dz3 = dg3
         dzp = dz_base + pos * d_scan
         if GROUP_MODE == 1:
-            r1 = tl.sum(tl.reshape(dz1, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
-            r2 = tl.sum(tl.reshape(dz2, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
-            r3 = tl.sum(tl.reshape(dz3, [BLOCK_L, BLOCK_C // GSB, GSB]), axis=2)
-            gidx = cb * (BLOCK_C // GSB) + tl.arange(0, BLOCK_C // GSB)
-            gmask = row_ok1[:, None] & (gidx * GSB < C)[None, :]
-            goff = dzp + idx[:, None] * d_line + gidx[None, :] * sdg
-            tl.store(goff, r1.to(DZ.dtype.element_ty), mask=gmask)
-            tl.store(goff + sdk, r2.to(DZ.dtype.element_ty), mask=gmask)
-            tl.store(goff + 2 * sdk, r3.to(DZ.dtype.element_ty), mask=gmask)
+            goff = dzp + idx[:, None] * d_line + z_off0
+            tl.store(goff, dz1.to(DZ.dtype.element_ty), mask=zmask)
+            tl.store(goff + sdk, dz2.to(DZ.dtype.element_ty), mask=zmask)
+            tl.store(goff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=zmask)
         elif GROUP_MODE == 3:
             roff = dzp + idx[:, None] * d_line + cb * sdg
             tl.store(roff, dz1.to(DZ.dtype.element_ty), mask=row_ok)
@@ -358,9 +383,9 @@ def gspn_bwd_kernel(
             tl.store(coff, dz1.to(DZ.dtype.element_ty), mask=mask)
             tl.store(coff + sdk, dz2.to(DZ.dtype.element_ty), mask=mask)
             tl.store(coff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=mask)
-        q1 = g1 * dh
-        q2 = g2 * dh
-        q3 = g3 * dh
+        q1 = _expand(g1, ZW, BLOCK_L, BLOCK_C) * dh
+        q2 = _expand(g2, ZW, BLOCK_L, BLOCK_C) * dh
+        q3 = _expand(g3, ZW, BLOCK_L, BLOCK_C) * dh
         hv = hp
         if PREFETCH >= 1:
             dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = dyn, xn, ln, z1n, z2n, z3n, un, hpn, hpun, hpdn
