@@ -4,8 +4,8 @@ import pytest
 import torch
 from timm.layers import Attention
 
-from cgspn.layers import LatentPropagation, default_gate_groups, default_latent_dim, mixer_weight_params
-from cgspn.ops import normalize_gates
+from cgspn.layers import LatentPropagation, LatentPropagationMixer, default_gate_groups, default_latent_dim, mixer_weight_params
+from cgspn.ops import gspn2d, normalize_gates
 
 
 @pytest.mark.parametrize("dim,latent", [(1152, 64), (1024, 64), (768, 48), (384, 32), (192, 16), (40, 16)])
@@ -114,3 +114,28 @@ def test_init_from_attention():
         m.init_from_attention(torch.nn.Linear(C, C))
     with pytest.raises(ValueError, match=r"\(3C, C\)"):
         m.init_from_attention(Attention(32, num_heads=4))
+
+
+def _unfused(m, x):
+    """The mixer written out op by op: sigmoid, scan, weighted merge, norm, up, GELU, proj."""
+    v, lam, u, z = m.project_in(x)
+    y = gspn2d(v, lam, z, u=u, chunk=m.chunk, backend="reference")
+    return m.proj(m.act(m.up(m.latent_norm(m.merge(y)))))
+
+
+def test_fused_formulation_equals_the_op_by_op_mixer():
+    """Merge weights folded into in_proj's u rows, lam passed as logits, the merge summed inside
+    the read-out: the same function as the op-by-op composition (float64, random merge weights)."""
+    torch.manual_seed(0)
+    m = LatentPropagation(24, latent_dim=16, gate_groups=4, chunk=3).double()
+    with torch.no_grad():
+        m.merge_weight.uniform_(-1.0, 2.0)
+        m.latent_norm.weight.uniform_(0.5, 1.5)
+        m.latent_norm.bias.normal_()
+    x = torch.randn(2, 5, 7, 24, dtype=torch.float64)
+    torch.testing.assert_close(m(x), _unfused(m, x))
+    mixer = LatentPropagationMixer(24, latent_dim=16, gate_groups=4).double()
+    mixer.load_state_dict(m.state_dict())
+    mixer.chunk = m.chunk
+    tokens = x.reshape(2, 35, 24)
+    torch.testing.assert_close(mixer(tokens, (5, 7)), _unfused(m, x).reshape(2, 35, 24))

@@ -145,3 +145,26 @@ def test_strided_views_of_one_projection_need_no_copies():
     assert_close("y", got, want, 1e-5)
     assert_close("dx", gg[0], gw[0], 1e-5)
     assert_close("dproj", gg[1], gw[1], 1e-5)
+
+
+@pytest.mark.parametrize("case", [(2, 5, 7, 8, 2, None, True), (1, 4, 6, 16, 4, 3, False)], ids=["G2u", "G4ck3"])
+def test_gspn2d_triton_lam_logits(case):
+    """lam_logits=True: the sigmoid of lam runs inside the kernel; output and every gradient (w.r.t.
+    the logits) match the reference, which equals gspn2d on sigmoid(lam)."""
+    B, H, W, C, G, chunk, with_u = case
+    g = torch.Generator().manual_seed(3)
+    mk = lambda *s, scale=1.0: (scale * torch.randn(*s, generator=g)).to(DEVICE).requires_grad_()
+    x, lam, z = mk(B, H, W, C), mk(B, H, W, 4, C, scale=2.0), mk(B, H, W, 4, 3, G, scale=2.0)
+    u = mk(B, H, W, 4, C) if with_u else None
+    dy = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE)
+    ins = [x, lam, z, u]
+    ref_in = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in ins]
+    f = lambda backend: (lambda a, b, c, d: gspn2d(a, b, c, u=d, chunk=chunk, backend=backend, lam_logits=True))
+    want, want_g = _run(f("reference"), ref_in, dy.double().cpu())
+    got, got_g = _run(f("triton"), ins, dy)
+    plain = gspn2d(*[t.detach() for t in ref_in[:1]], torch.sigmoid(ref_in[1].detach()), ref_in[2].detach(),
+                   u=None if u is None else ref_in[3].detach(), chunk=chunk, backend="reference")
+    torch.testing.assert_close(want.detach(), plain)
+    assert_close("y", got, want, 1e-5)
+    for name, a, b in zip(("dx", "dlam_logits", "dgate_logits", "du"), got_g, want_g):
+        assert_close(name, a, b, 1e-5)

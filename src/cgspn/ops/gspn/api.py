@@ -67,6 +67,7 @@ def gspn2d(
     u: torch.Tensor | None = None,
     chunk: int | None = None,
     backend: str | None = None,
+    lam_logits: bool = False,
 ) -> torch.Tensor:
     """4-direction GSPN propagation on channels-last tokens, gate normalisation fused in.
 
@@ -78,11 +79,15 @@ def gspn2d(
     same for all directions; state never crosses a window.
     Returns y (B, H, W, 4, C) in x's dtype: ``y[..., d, :] = u_d * h_d`` (u=None means 1), each
     direction mapped back to the original grid.
+    ``lam_logits=True``: lam holds logits and the input gate is ``sigmoid(lam)``, applied inside the
+    op (fused in the kernel: no separate pass over lam); gradients are w.r.t. the logits.
     """
     chunk = check_gspn2d_inputs(x, lam, gate_logits, u, chunk)
     name = resolve_backend(backend, x)
     if name == "triton":
         from .op import gspn2d_triton
 
-        return gspn2d_triton(x, lam, gate_logits, u, chunk)
+        return gspn2d_triton(x, lam, gate_logits, u, chunk, bool(lam_logits))
+    if lam_logits:
+        lam = torch.sigmoid(lam)
     return gspn2d_reference(x, lam, gate_logits, u, chunk)

@@ -24,16 +24,17 @@ def _chunk(c: int) -> int | None:
 # ----------------------------------------------------------------------------- gspn2d
 @torch.library.custom_op("cgspn::gspn2d_fwd", mutates_args=())
 def _gspn2d_fwd(
-    x: torch.Tensor, lam: torch.Tensor, gate_logits: torch.Tensor, u: Optional[torch.Tensor], chunk: int, save_h: bool
+    x: torch.Tensor, lam: torch.Tensor, gate_logits: torch.Tensor, u: Optional[torch.Tensor], chunk: int, save_h: bool,
+    lam_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    y, h = TB.gspn2d_fwd_triton(x, lam, gate_logits, u, _chunk(chunk), save_h)
+    y, h = TB.gspn2d_fwd_triton(x, lam, gate_logits, u, _chunk(chunk), save_h, lam_logits=lam_logits)
     if h is None:
         h = y.new_empty(0)
     return y, h
 
 
 @_gspn2d_fwd.register_fake
-def _(x, lam, gate_logits, u, chunk, save_h):
+def _(x, lam, gate_logits, u, chunk, save_h, lam_logits=False):
     y = lam.new_empty(lam.shape, dtype=x.dtype)
     h = lam.new_empty(lam.shape, dtype=x.dtype) if (save_h and u is not None) else y.new_empty(0)
     return y, h
@@ -48,23 +49,25 @@ def _gspn2d_bwd(
     u: Optional[torch.Tensor],
     h: torch.Tensor,
     chunk: int,
+    lam_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dlam, dz, du = TB.gspn2d_bwd_triton(dy, x, lam, gate_logits, u, h, _chunk(chunk))
+    dx, dlam, dz, du = TB.gspn2d_bwd_triton(dy, x, lam, gate_logits, u, h, _chunk(chunk), lam_logits=lam_logits)
     if du is None:
         du = dy.new_empty(0)
     return dx, dlam, dz, du
 
 
 @_gspn2d_bwd.register_fake
-def _(dy, x, lam, gate_logits, u, h, chunk):
+def _(dy, x, lam, gate_logits, u, h, chunk, lam_logits=False):
     du = torch.empty_like(u) if u is not None else dy.new_empty(0)
     return torch.empty_like(x), torch.empty_like(lam), torch.empty_like(gate_logits), du
 
 
 def _gspn2d_setup(ctx, inputs, output):
-    x, lam, z, u, chunk, save_h = inputs
+    x, lam, z, u, chunk, save_h, lam_logits = inputs
     y, h = output
     ctx.chunk = chunk
+    ctx.lam_logits = lam_logits
     ctx.has_u = u is not None
     state = h if u is not None else y
     ctx.save_for_backward(x, lam, z, u, state)
@@ -74,21 +77,22 @@ def _gspn2d_backward(ctx, dy, _dh):
     x, lam, z, u, state = ctx.saved_tensors
     if ctx.has_u and state.numel() == 0 and x.numel() > 0:
         raise RuntimeError("gspn2d: the forward ran without saving its state (save_h=False); cannot backpropagate")
-    dx, dlam, dz, du = _gspn2d_bwd(dy, x, lam, z, u, state, ctx.chunk)
-    return dx, dlam, dz, (du if ctx.has_u else None), None, None
+    dx, dlam, dz, du = _gspn2d_bwd(dy, x, lam, z, u, state, ctx.chunk, ctx.lam_logits)
+    return dx, dlam, dz, (du if ctx.has_u else None), None, None, None
 
 
 _gspn2d_fwd.register_autograd(_gspn2d_backward, setup_context=_gspn2d_setup)
 
 
 def gspn2d_triton(
-    x: torch.Tensor, lam: torch.Tensor, gate_logits: torch.Tensor, u: torch.Tensor | None, chunk: int | None
+    x: torch.Tensor, lam: torch.Tensor, gate_logits: torch.Tensor, u: torch.Tensor | None, chunk: int | None,
+    lam_logits: bool = False,
 ) -> torch.Tensor:
     """Fused-kernel gspn2d on validated inputs (see :func:`cgspn.ops.gspn2d`)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, lam, gate_logits, u)
     )
-    y, _ = _gspn2d_fwd(x, lam, gate_logits, u, chunk or 0, needs_grad)
+    y, _ = _gspn2d_fwd(x, lam, gate_logits, u, chunk or 0, needs_grad, lam_logits)
     return y
 
 

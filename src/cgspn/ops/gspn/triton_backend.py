@@ -150,8 +150,10 @@ def gspn2d_fwd_triton(
     chunk: int | None,
     save_h: bool,
     config: LaunchConfig | None = None,
+    lam_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x (B,H,W,C), lam/u (B,H,W,4,C), z (B,H,W,4,3,G) -> y (B,H,W,4,C)[, h (B,H,W,4,C)].
+    ``lam_logits``: lam holds logits, the kernel applies the sigmoid.
 
     Inputs may be strided views (e.g. slices of one projection's output): no copies are made as
     long as channels are contiguous (stride 1) and lam and u share strides.
@@ -173,7 +175,7 @@ def gspn2d_fwd_triton(
         *y.stride(),
         *lam.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
-        NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None,
+        NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
         PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZW=_z_tile_width(C // G, cfg.block_c),
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
@@ -189,8 +191,10 @@ def gspn2d_bwd_triton(
     h: torch.Tensor,
     chunk: int | None,
     config: LaunchConfig | None = None,
+    lam_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Gradients (dx, dlam, dz, du) of gspn2d; h is the forward state (B,H,W,4,C)."""
+    """Gradients (dx, dlam, dz, du) of gspn2d; h is the forward state (B,H,W,4,C).
+    ``lam_logits``: lam holds logits (dlam is then the gradient w.r.t. the logits)."""
     dy, h = dy.contiguous(), h.contiguous()
     x, z, lam, u = _channels_unit_stride(x), _channels_unit_stride(z), *_shared_strides(lam, u)
     B, H, W, C = x.shape
@@ -219,7 +223,7 @@ def gspn2d_bwd_triton(
         *lam.stride(),
         z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
         dz_buf.stride(0), dz_buf.stride(1), dz_buf.stride(2), dz_buf.stride(3), dz_buf.stride(4), dz_buf.stride(5),
-        NDIR=4, NORM=True, HAS_U=u is not None, GROUP_MODE=mode,
+        NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
         NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=_z_tile_width(GS, cfg.block_c),
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
@@ -253,7 +257,7 @@ def line_scan_fwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
-        NDIR=1, NORM=False, HAS_U=False, SAVE_H=False,
+        NDIR=1, NORM=False, HAS_U=False, SAVE_H=False, LAM_SIG=False,
         PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZW=cfg.block_c,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
@@ -284,7 +288,7 @@ def line_scan_bwd_triton(
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, sc,
         sn, sh, sw, 0, dg.stride(0), sc,
-        NDIR=1, NORM=False, HAS_U=False, GROUP_MODE=0,
+        NDIR=1, NORM=False, HAS_U=False, LAM_SIG=False, GROUP_MODE=0,
         NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=cfg.block_c,
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )

@@ -100,6 +100,15 @@ def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
 
 
 @triton.jit
+def _lam(lv, LAM_SIG: tl.constexpr):
+    """The input gate in fp32: sigmoid of the loaded logits when LAM_SIG, else the loaded value."""
+    if LAM_SIG:
+        return tl.sigmoid(lv.to(tl.float32))
+    else:
+        return lv.to(tl.float32)
+
+
+@triton.jit
 def _expand(g, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     """A [BLOCK_L, ZW] tile of per-group values as [BLOCK_L, BLOCK_C] (each repeated BLOCK_C // ZW
     times along the channels); ZW == 1 or ZW == BLOCK_C tiles are returned as they are."""
@@ -189,7 +198,7 @@ def gspn_fwd_kernel(
     spb, spr, spc, spd, spch,
     slb, slr, slc, sld, slch,
     szb, szr, szc, szd, szg,
-    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr,
+    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr, LAM_SIG: tl.constexpr,
     PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZW: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -202,6 +211,7 @@ def gspn_fwd_kernel(
     BLOCK_C: one logit per channel. Gates are loaded and normalised once per group and line
     position, then broadcast over the group's channels.
     PREFETCH: how many lines ahead the loads are issued (0, 1 or 2).
+    LAM_SIG: LAM holds logits; lam = sigmoid(LAM) is applied here (saves the caller a pass).
     """
     pid = tl.program_id(0)
     b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
@@ -235,7 +245,7 @@ def gspn_fwd_kernel(
         g1 = _expand(g1, ZW, BLOCK_L, BLOCK_C)
         g2 = _expand(g2, ZW, BLOCK_L, BLOCK_C)
         g3 = _expand(g3, ZW, BLOCK_L, BLOCK_C)
-        inp = lv.to(tl.float32) * xv.to(tl.float32)
+        inp = _lam(lv, LAM_SIG) * xv.to(tl.float32)
         h_up, h_dn = _shift_pair(h, h, idx, BLOCK_L, BLOCK_C, JOINED)
         h = inp + g1 * h_up + g2 * h + g3 * h_dn
         h = tl.where(mask, h, 0.0)
@@ -283,7 +293,7 @@ def gspn_bwd_kernel(
     slb, slr, slc, sld, slch,
     szb, szr, szc, szd, szg,
     sdb, sdr, sdc, sdd, sdk, sdg,
-    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr,
+    NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr,
     GROUP_MODE: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
     PREFETCH: tl.constexpr, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -351,8 +361,12 @@ def gspn_bwd_kernel(
         g1, g2, g3, s1, s2, s3, inv = _gates(
             z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
         )
-        tl.store(DLAM + p_off + pos * p_scan, (xv.to(tl.float32) * dh).to(DLAM.dtype.element_ty), mask=mask)
-        tl.store(DXD + p_off + pos * p_scan, (lv.to(tl.float32) * dh).to(DXD.dtype.element_ty), mask=mask)
+        lamv = _lam(lv, LAM_SIG)
+        dlamv = xv.to(tl.float32) * dh
+        if LAM_SIG:  # gradient w.r.t. the logit
+            dlamv = dlamv * lamv * (1.0 - lamv)
+        tl.store(DLAM + p_off + pos * p_scan, dlamv.to(DLAM.dtype.element_ty), mask=mask)
+        tl.store(DXD + p_off + pos * p_scan, (lamv * dh).to(DXD.dtype.element_ty), mask=mask)
         # gate grads summed over each group first: gates are shared, so the normalisation's
         # Jacobian is applied once per group (ZW logits per line position)
         dg1 = _group_sum(dh * hp_up.to(tl.float32), ZW, BLOCK_L, BLOCK_C)
