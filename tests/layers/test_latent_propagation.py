@@ -120,12 +120,13 @@ def _unfused(m, x):
     """The mixer written out op by op: sigmoid, scan, weighted merge, norm, up, GELU, proj."""
     v, lam, u, z = m.project_in(x)
     y = gspn2d(v, lam, z, u=u, chunk=m.chunk, backend="reference")
-    return m.proj(m.act(m.up(m.latent_norm(m.merge(y)))))
+    merged = (y * m.merge_weight).sum(dim=-2)
+    return m.proj(m.act(m.up(m.latent_norm(merged))))
 
 
 def test_fused_formulation_equals_the_op_by_op_mixer():
-    """Merge weights folded into in_proj's u rows, lam passed as logits, the merge summed inside
-    the read-out: the same function as the op-by-op composition (float64, random merge weights)."""
+    """Merge weights folded into u, the merge summed inside the fused read-out: the same function
+    as the op-by-op composition (float64, random merge weights)."""
     torch.manual_seed(0)
     m = LatentPropagation(24, latent_dim=16, gate_groups=4, chunk=3).double()
     with torch.no_grad():
