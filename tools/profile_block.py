@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from cgspn.bench._measure import measure
 from cgspn.bench.block import block_functions, build_blocks
 from cgspn.bench.common import run_metadata
 
@@ -70,36 +71,19 @@ def _kernel_table(prof: torch.profiler.profile, iters: int, device_type: str) ->
 
 
 def profile_one(fn: Callable, x: torch.Tensor, iters: int, device: torch.device) -> tuple[list[dict[str, Any]], float]:
+    """Kernel table of ``iters`` calls of ``fn(x)`` under the profiler, and the median ms per call
+    timed outside it (``cgspn.bench._measure.measure``, the benchmarks' own timer)."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.no_grad():
-        for _ in range(2):
-            fn(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        acts = [torch.profiler.ProfilerActivity.CPU]
-        if device.type == "cuda":
-            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        timing = measure(lambda: fn(x), device, warmup=2, iters=max(3, iters))
         with torch.profiler.profile(activities=acts) as prof:
             for _ in range(iters):
                 fn(x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-        # wall time per call, outside the profiler
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            for _ in range(iters):
-                fn(x)
-            e.record()
-            torch.cuda.synchronize()
-            wall = s.elapsed_time(e) / iters
-        else:
-            import time
-
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn(x)
-            wall = (time.perf_counter() - t) * 1e3 / iters
-    return _kernel_table(prof, iters, device.type), wall
+    return _kernel_table(prof, iters, device.type), timing["ms"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows, wall = profile_one(fns[name], x, args.iters, device)
                 kern_ms = sum(r["ms"] for r in rows)
                 tag = f"{name}{' (compiled)' if compiled else ''} @ {px} px, B={args.batch}"
-                print(f"\n## {tag}: {wall:.3f} ms per call (events), kernels sum {kern_ms:.3f} ms")
+                print(f"\n## {tag}: {wall:.3f} ms per call (median), kernels sum {kern_ms:.3f} ms")
                 print("| ms | share | calls | kernel |\n| --- | --- | --- | --- |")
                 for r in rows[: args.top]:
                     print(f"| {r['ms']:.3f} | {100 * r['share']:.1f}% | {r['calls']} | {r['kernel']} |")

@@ -66,11 +66,11 @@ class LatentPropagation(nn.Module):
       teacher's head count at B/L/SO400M widths); per-channel gates (``gate_groups=latent_dim``)
       make the scan read 12 C_c gate logits per token instead of 3 C_c.
     * **Merge**: learned per-direction, per-channel weights ``merge_weight`` (4, C_c), init 1/4,
-      then the latent norm (LayerNorm over C_c by default). The weights are folded into u before the
-      scan (:meth:`weighted_u`), so the merge itself is a plain sum over the directions. The norm makes the output scale
+      then the latent norm (LayerNorm over C_c by default). The norm makes the output scale
       independent of the grid size: each direction accumulates mass ~ the number of lines scanned.
-      The weighted sum and the norm are elementwise/reduction ops on C_c channels, which
-      ``torch.compile`` fuses; eager mode runs them as three small latent-width kernels.
+      The weights are folded into u before the scan (:meth:`weighted_u`), so the merge is a plain
+      sum, which :meth:`readout` fuses with the norm, ``up`` and ``act`` into one kernel
+      (:func:`cgspn.ops.latent_readout`) for the default LayerNorm + GELU.
     * **Read-out**: ``up`` (C_c -> C), ``act`` (GELU), ``proj`` (C -> C). ``proj`` is a C x C map
       so it can start from the teacher's attention output projection (:meth:`init_from_attention`);
       the activation between ``up`` and ``proj`` keeps them from being one C_c x C matrix paid twice
