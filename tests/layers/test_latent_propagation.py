@@ -125,8 +125,8 @@ def _unfused(m, x):
 
 
 def test_fused_formulation_equals_the_op_by_op_mixer():
-    """Merge weights folded into u, the merge summed inside the fused read-out: the same function
-    as the op-by-op composition (float64, random merge weights)."""
+    """Merge weights folded into in_proj's u rows, lam passed as logits, the merge summed inside
+    the read-out: the same function as the op-by-op composition (float64, random merge weights)."""
     torch.manual_seed(0)
     m = LatentPropagation(24, latent_dim=16, gate_groups=4, chunk=3).double()
     with torch.no_grad():

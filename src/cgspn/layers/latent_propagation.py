@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..ops import gspn2d, latent_readout
 
@@ -257,11 +258,31 @@ class LatentPropagation(nn.Module):
         z = z.view(*lead, NUM_DIRECTIONS, NUM_NEIGHBOURS, self.gate_groups)
         return v, lam, u, z
 
+    def project_in_weighted(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (..., C) -> v (..., C_c), lam *logits* (..., 4, C_c), ``merge_weight * u`` (..., 4, C_c), z (..., 4, 3, G).
+
+        One GEMM whose u rows are pre-scaled by the merge weights (``W_u * w``, ``b_u * w``: the same
+        product as :meth:`weighted_u`, for a 1.7 MB weight instead of an (N, 4 C_c) activation), and
+        no sigmoid: lam and u stay strided views of the GEMM output with equal strides, which the
+        scan reads as they are (``gspn2d(..., lam_logits=True)`` applies the sigmoid in the kernel).
+        """
+        c, g = self.latent_dim, self.gate_groups
+        w = self.merge_weight.reshape(-1).to(self.in_proj.weight.dtype)
+        ones = w.new_ones(c + NUM_DIRECTIONS * c)
+        scale = torch.cat([ones, w, w.new_ones(NUM_DIRECTIONS * NUM_NEIGHBOURS * g)])
+        bias = self.in_proj.bias * scale if self.in_proj.bias is not None else None
+        v, lam, u, z = F.linear(x, self.in_proj.weight * scale[:, None], bias).split(self.split_sizes, dim=-1)
+        lead = x.shape[:-1]
+        return (v, lam.view(*lead, NUM_DIRECTIONS, c), u.view(*lead, NUM_DIRECTIONS, c),
+                z.view(*lead, NUM_DIRECTIONS, NUM_NEIGHBOURS, g))
+
     def propagate(
-        self, v: torch.Tensor, lam: torch.Tensor, z: torch.Tensor, u: torch.Tensor
+        self, v: torch.Tensor, lam: torch.Tensor, z: torch.Tensor, u: torch.Tensor, lam_logits: bool = False
     ) -> torch.Tensor:
         """The scan: v (B, H, W, C_c), lam/u (B, H, W, 4, C_c), z (B, H, W, 4, 3, G) -> (B, H, W, 4, C_c)."""
-        return gspn2d(v, lam, z, u=u, chunk=self.chunk, backend=self.backend)
+        return gspn2d(v, lam, z, u=u, chunk=self.chunk, backend=self.backend, lam_logits=lam_logits)
 
     def weighted_u(self, u: torch.Tensor) -> torch.Tensor:
         """u (..., 4, C_c) times the merge weights: the scan then returns ``merge_weight[d] * u_d * h_d``,
@@ -300,8 +321,8 @@ class LatentPropagation(nn.Module):
             raise ValueError(
                 f"LatentPropagation expects channels-last tokens (B, H, W, C={self.dim}), got shape {tuple(x.shape)}"
             )
-        v, lam, u, z = self.project_in(x)
-        y = self.propagate(v, lam, z, self.weighted_u(u))  # merge weights folded into u
+        v, lam, uw, z = self.project_in_weighted(x)  # merge weights folded into u, lam as logits
+        y = self.propagate(v, lam, z, uw, lam_logits=True)
         return self.proj_drop(self.proj(self.readout(y)))  # the merge (a sum) is fused into the read-out
 
     def extra_repr(self) -> str:

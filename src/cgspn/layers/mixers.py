@@ -77,6 +77,13 @@ class LatentPropagationMixer(LatentPropagation):
         B, N, _ = x.shape
         H, W = int(grid[0]), int(grid[1])
         Cc = self.latent_dim
+        if not P:
+            # one GEMM gives v, lam logits, merge_weight * u and z as views the scan reads in place
+            v, lam, uw, z = self.project_in_weighted(x)
+            y = self.propagate(v.reshape(B, H, W, Cc), lam.reshape(B, H, W, 4, Cc),
+                               z.reshape(B, H, W, 4, 3, self.gate_groups), uw.reshape(B, H, W, 4, Cc), lam_logits=True)
+            # y[..., d, :] = merge_weight[d] * u_d * h_d; the sum over directions is fused into the read-out
+            return self.proj_drop(self.proj(self.readout(y.reshape(B, H * W, 4, Cc))))
         v, lam, u, z = self.project_in(x)
         uw = self.weighted_u(u)  # (B, P + H*W, 4, C_c); its grid slice shares lam's strides (no copy in the op)
         y = self.propagate(
@@ -85,8 +92,6 @@ class LatentPropagationMixer(LatentPropagation):
             z[:, P:].reshape(B, H, W, 4, 3, self.gate_groups),
             uw[:, P:].reshape(B, H, W, 4, Cc),
         )  # y[..., d, :] = merge_weight[d] * u_d * h_d: the merge is a sum
-        if not P:  # the sum over directions is fused into the read-out
-            return self.proj_drop(self.proj(self.readout(y.reshape(B, H * W, 4, Cc))))
         m = y.sum(dim=-2).reshape(B, H * W, Cc)
         summary = y.mean(dim=(1, 2))  # (B, 4, C_c), merge weights included
         m_prefix = (u[:, :P] * summary[:, None].to(u.dtype)).sum(dim=-2)  # (B, P, C_c)
