@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from cgspn.bench._measure import parse_overrides, snap_to_patch
 from cgspn.cli import main
@@ -49,6 +50,22 @@ def test_bench_model_cpu_smoke(tmp_path):
     assert data["params"]["cgspn_so400m_patch14_378"] < data["params"]["vit_so400m_patch14_siglip_378"]
     largest = {s["row"]["model"]: s["row"] for s in data["search"]}
     assert all(r["largest_px"] == 42 and r["stopped_by"] == "search-max" for r in largest.values())
+
+
+def test_nhwc_patch_embed_hooks_keep_the_vit_function_and_make_tokens_contiguous():
+    import timm
+
+    from cgspn.bench.model import use_nhwc_patch_embed
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", depth=1, img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before, tokens_before = vit(x), vit.patch_embed(x)
+        use_nhwc_patch_embed(vit)
+        after, tokens_after = vit(x), vit.patch_embed(x)
+    assert not tokens_before.is_contiguous() and tokens_after.is_contiguous()
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
 
 
 def test_measure_helpers():

@@ -86,6 +86,17 @@ def test_grid_patch_embed_any_multiple_and_errors():
         pe(torch.randn(3, 16, 16))
 
 
+def test_grid_patch_embed_returns_contiguous_tokens_equal_to_the_nchw_convolution():
+    """The channels-last convolution gives the blocks a contiguous (B, H, W, C) stream (a strided one
+    makes every residual add and LayerNorm slow) with the same values as timm's NCHW path."""
+    torch.manual_seed(0)
+    pe = GridPatchEmbed(img_size=32, patch_size=8, in_chans=3, embed_dim=C)
+    x = torch.randn(2, 3, 16, 40)
+    y = pe(x)
+    assert y.is_contiguous() and x.is_contiguous()  # the caller's images are left as they were
+    torch.testing.assert_close(y, pe.proj(x).permute(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif("triton" not in available_backends("cpu"), reason="needs TRITON_INTERPRET=1 (tests/conftest.py)")
 @pytest.mark.parametrize("prefix", [0, 1])
 def test_fused_op_wiring_matches_reference_forward_and_backward(prefix):

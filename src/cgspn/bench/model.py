@@ -51,6 +51,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cgspn-set", dest="cgspn_overrides", action="append", metavar="KEY=VALUE",
                    help="C-GSPN-only argument, e.g. --cgspn-set gate_groups=64 or attn_layers=[8,17,26] (repeatable)")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--vit-nhwc-embed", action="store_true",
+                   help="run the ViT's patch convolution in channels-last memory format, so its token stream is "
+                        "contiguous (stock timm leaves it strided; cgspn models always do this)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up calls per case (default: %(default)s)")
     p.add_argument("--iters", type=int, default=10, help="max timed calls per case, median reported (default: %(default)s)")
     p.add_argument("--target-seconds", type=float, default=3.0,
@@ -82,6 +85,20 @@ def build_model(name: str, overrides: dict[str, Any], device: torch.device, dtyp
     with torch.device(device):  # initialise on the device: fast for the 400M-parameter models
         model = timm.create_model(name, **kwargs)
     return model.to(dtype=dtype).eval()
+
+
+def use_nhwc_patch_embed(model: nn.Module) -> nn.Module:
+    """Make a timm ViT's patch convolution run in channels-last memory format (hooks, same weights).
+
+    timm's ``PatchEmbed`` convolves NCHW and then flattens + transposes, which leaves the token
+    stream (B, N, C) strided (channel stride N): every residual add then takes PyTorch's strided
+    elementwise kernel and every LayerNorm copies first. With a channels-last input the conv output
+    is physically NHWC and the flattened tokens are contiguous. The function is unchanged.
+    """
+    pe = model.patch_embed
+    pe.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
+    pe.register_forward_hook(lambda _m, _args, out: out.contiguous())
+    return model
 
 
 def model_patch(model: nn.Module) -> int:
@@ -188,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         for name, extra in ((vit_name, {}), (cg_name, cgspn_overrides)):
             torch.manual_seed(args.seed)
             model = build_model(name, {**overrides, **extra}, device, dtype)
+            if name == vit_name and args.vit_nhwc_embed:
+                use_nhwc_patch_embed(model)
             params[name] = sum(p.numel() for p in model.parameters())
             runner = torch.compile(model) if args.compile else model
             patch = model_patch(model)
@@ -244,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
             for name, extra in ((vit_name, {}), (cg_name, cgspn_overrides)):
                 torch.manual_seed(args.seed)
                 model = build_model(name, {**overrides, **extra}, device, dtype)
+                if name == vit_name and args.vit_nhwc_embed:
+                    use_nhwc_patch_embed(model)
                 searches.append(search_largest(model, name, args, device, dtype))
                 payload["search"] = searches
                 write_json(args.out, payload)

@@ -57,4 +57,9 @@ class GridPatchEmbed(PatchEmbed):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """images (B, in_chans, H*p, W*p) -> (B, H, W, embed_dim)."""
         self.check_images(x)
-        return super().forward(x)
+        # Convolve in channels-last memory format: the output is then physically (B, H, W, C) and
+        # the NHWC view is contiguous. (timm's NCHW convolution + permute hands the blocks a strided
+        # residual stream; every residual add then runs PyTorch's non-vectorised strided kernel and
+        # every LayerNorm a copy first: 40% of a so400m forward at 2058 px, measured on the H200.)
+        y = self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+        return self.norm(y).contiguous()
