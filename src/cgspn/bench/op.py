@@ -34,6 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="skip the per-line loop baseline above this many B*H*W*4*C elements")
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
+    p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
 
@@ -85,6 +86,40 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False) -> list[Any
     return out
 
 
+def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Backward launch configs around the heuristic's: channel block x0.5/x1/x2, 4/8/16 warps,
+    prefetch 0/1 (prefetching ten step inputs doubles the live registers, which spills in fp32)."""
+    from cgspn.ops.gspn import triton_backend as TB
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    default, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize)
+    bl = default.block_l
+    cmax = _next_pow2(C)
+    bcs = sorted({min(cmax, max(1, b)) for b in (default.block_c // 2, default.block_c, default.block_c * 2)})
+    out = []
+    for bc, warps, pf in itertools.product(bcs, (4, 8, 16), (0, 1)):
+        if bl * bc >= 32 * warps:  # at least one element per thread
+            out.append(LaunchConfig(bl, bc, warps, pf, 1, default.joined))
+    return out
+
+
+def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (shape, G, dtype, pass): the fastest swept config against the heuristic's timing."""
+    out = []
+    for r in rows:
+        for which in ("fwd", "bwd"):
+            cand = [s for s in sweeps if s.get("pass") == which and s["shape"] == [r["B"], r["H"], r["W"], r["C"]]
+                    and s["G"] == r["G"] and s["dtype"] == r["dtype"] and f"{which}_ms" in s]
+            if not cand:
+                continue
+            b = min(cand, key=lambda s: s[f"{which}_ms"])
+            c = b["config"]
+            out.append({"B": r["B"], "H": r["H"], "W": r["W"], "C": r["C"], "G": r["G"], "dtype": r["dtype"], "pass": which,
+                        "heuristic_ms": r[f"{which}_ms"], "best_ms": b[f"{which}_ms"], "gain": r[f"{which}_ms"] / b[f"{which}_ms"],
+                        "best_config": f"bc={c['block_c']} w={c['num_warps']} pf={c['prefetch']} j={int(c['joined'])}"})
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from cgspn.ops import gspn2d
     from cgspn.ops.gspn import triton_backend as TB
@@ -105,18 +140,26 @@ def run(args: argparse.Namespace) -> int:
             x, lam, z, u, dy = _inputs(B, H, W, C, G, dtype, device, with_u)
             nbytes = op_bytes(B, H, W, C, G, dtype.itemsize, with_u)
             if args.sweep:
-                for cfg in sweep_configs(max(H, W), C, B, (C // G) >= 8):
+                _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
+                h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
+                passes = {t.strip() for t in args.sweep_passes.split(",")}
+                cases = [("fwd", cfg) for cfg in sweep_configs(max(H, W), C, B, (C // G) >= 8)] if "fwd" in passes else []
+                if "bwd" in passes:
+                    cases += [("bwd", cfg) for cfg in sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)]
+                for which, cfg in cases:
                     try:
-                        f = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg), iters=args.iters, device=device)
-                        _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True, cfg)
-                        h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg)[0]
-                        bw = time_fn(lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk, cfg), iters=args.iters, device=device)
+                        if which == "fwd":
+                            ms = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg), iters=args.iters, device=device)
+                        else:
+                            ms = time_fn(lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk, cfg), iters=args.iters, device=device)
                     except Exception as e:  # a config that fails to compile (resources) is reported, not fatal
-                        sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "config": cfg.__dict__, "error": str(e)[:200]})
+                        sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
+                                       "error": str(e)[:200]})
                         continue
-                    sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "config": cfg.__dict__, "fwd_ms": f, "bwd_ms": bw,
-                                   "fwd_gbs": nbytes["fwd"] / f / 1e6, "bwd_gbs": nbytes["bwd"] / bw / 1e6})
-                    print(f"sweep {B},{H},{W},{C} G={G} {dname} {cfg}: fwd {f:.4f} ms ({nbytes['fwd'] / f / 1e6:.0f} GB/s) bwd {bw:.4f} ms ({nbytes['bwd'] / bw / 1e6:.0f} GB/s)", flush=True)
+                    gbs = nbytes[which] / ms / 1e6
+                    sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
+                                   f"{which}_ms": ms, f"{which}_gbs": gbs})
+                    print(f"sweep {which} {B},{H},{W},{C} G={G} {dname} {cfg}: {ms:.4f} ms ({gbs:.0f} GB/s)", flush=True)
             fwd = lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="triton")
             ms_f = time_fn(fwd, iters=args.iters, device=device)
             _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
@@ -128,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                 "fwd_MB": nbytes["fwd"] / 1e6, "bwd_MB": nbytes["bwd"] / 1e6,
                 "fwd_GBs": nbytes["fwd"] / ms_f / 1e6, "bwd_GBs": nbytes["bwd"] / ms_b / 1e6,
                 "fwd_config": TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8).__dict__,
-                "bwd_config": TB.backward_config(max(H, W), C, C // G, B=B)[0].__dict__,
+                "bwd_config": TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0].__dict__,
             }
             if copy_gbs:
                 row["fwd_pct_copy"] = 100 * row["fwd_GBs"] / copy_gbs
@@ -147,12 +190,17 @@ def run(args: argparse.Namespace) -> int:
                 row["speedup_fwd"] = ref_f / ms_f
                 row["speedup_fwd_bwd"] = ref_fb_ms / (ms_f + ms_b)
             rows.append(row)
+            write_json(args.out, {"meta": meta, "rows": rows, "sweep": sweeps, "partial": True})  # survives an interrupt
             print(f"{B},{H},{W},{C} G={G} {dname}: fwd {ms_f:.4f} ms {row['fwd_GBs']:.0f} GB/s, bwd {ms_b:.4f} ms {row['bwd_GBs']:.0f} GB/s", flush=True)
             del x, lam, z, u, dy, h
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     cols = ["B", "H", "W", "C", "G", "dtype", "fwd_ms", "fwd_GBs", "fwd_pct_copy", "bwd_ms", "bwd_GBs", "bwd_pct_copy", "speedup_fwd", "speedup_fwd_bwd"]
     table = print_table(rows, cols)
-    path = write_json(args.out, {"meta": meta, "rows": rows, "sweep": sweeps, "table": table})
+    best = best_of_sweep(rows, sweeps)
+    if best:
+        print("\n# best launch config of the sweep vs the heuristic's (ms)")
+        print_table(best, ["B", "H", "W", "C", "G", "dtype", "pass", "heuristic_ms", "best_ms", "gain", "best_config"])
+    path = write_json(args.out, {"meta": meta, "rows": rows, "sweep": sweeps, "best": best, "table": table})
     print(f"# wrote {path}")
     return 0
