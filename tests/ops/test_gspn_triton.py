@@ -168,3 +168,67 @@ def test_gspn2d_triton_lam_logits(case):
     assert_close("y", got, want, 1e-5)
     for name, a, b in zip(("dx", "dlam_logits", "dgate_logits", "du"), got_g, want_g):
         assert_close(name, a, b, 1e-5)
+
+
+SPLIT_CASES = [
+    # (B, H, W, C, G, chunk, with_u), (rows per tile, channel block, warps, tiles)
+    ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 3)),  # 3 x 4 rows for lines of 7 and 9
+    ((2, 5, 7, 8, 8, 3, True), (2, 8, 1, 4)),  # per-channel gates, windows
+    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3)),  # odd channels (masked), group size 2, no u
+    ((1, 1, 5, 4, 4, None, True), (2, 4, 1, 3)),  # 1 x N
+    ((1, 6, 5, 40, 5, None, True), (2, 16, 1, 4)),  # channel blocks that do not tile C
+    ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2)),  # shared gates, 2 warps
+]
+
+
+@pytest.mark.parametrize("case,cfg", SPLIT_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("lam_logits", [False, True], ids=["lam", "lamlogits"])
+def test_split_forward_kernel_matches_reference(case, cfg, lam_logits):
+    """The split-line forward (line position i = row * tiles + tile) with explicit tile shapes, the
+    saved state included: y and h against the float64 reference."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W, C, G, chunk, with_u = case
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(B, H, W, C, generator=g)
+    lam = 2 * torch.randn(B, H, W, 4, C, generator=g)
+    z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
+    u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
+    rows, bc, warps, tiles = cfg
+    config = TB.LaunchConfig(rows, bc, warps, 0, 1, False, tiles)
+    lam_in = lam if lam_logits else torch.sigmoid(lam)
+    y, hs = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam_in, z)), None if u is None else u.to(DEVICE), chunk,
+                                 True, config, lam_logits=lam_logits)
+    d = lambda t: None if t is None else t.double()
+    want = gspn2d(d(x), d(torch.sigmoid(lam)), d(z), u=d(u), chunk=chunk, backend="reference")
+    assert_close("y", y, want, 1e-5)
+    if with_u:
+        h = gspn2d(d(x), d(torch.sigmoid(lam)), d(z), chunk=chunk, backend="reference")
+        assert_close("h", hs, h, 1e-5)
+
+
+def test_general_forward_kernel_matches_reference():
+    """The general (one tile per line) forward, which runs for lines longer than the split kernel
+    takes, forced here on a small shape."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    g = torch.Generator().manual_seed(8)
+    B, H, W, C, G = 2, 6, 9, 8, 2
+    x, lam = torch.randn(B, H, W, C, generator=g), torch.rand(B, H, W, 4, C, generator=g)
+    z, u = 2 * torch.randn(B, H, W, 4, 3, G, generator=g), torch.randn(B, H, W, 4, C, generator=g)
+    config = TB.forward_config(max(H, W), C, B=B)
+    assert config.split == 0
+    y, _ = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam, z, u)), 4, False, config)
+    want = gspn2d(*(t.double() for t in (x, lam, z)), u=u.double(), chunk=4, backend="reference")
+    assert_close("y", y, want, 1e-5)
+
+
+@pytest.mark.parametrize("L", [1, 5, 16, 17, 37, 74, 147, 292, 384])
+def test_split_config_covers_the_line(L):
+    from cgspn.ops.gspn import triton_backend as TB
+    from cgspn.ops.gspn.triton_split import MAX_SPLIT
+
+    cfg = TB.split_forward_config(L, 64)
+    assert cfg is not None and 1 <= cfg.split <= MAX_SPLIT
+    assert cfg.split * cfg.block_l >= L and cfg.block_l <= 32 and cfg.block_l & (cfg.block_l - 1) == 0
+    assert TB.split_forward_config(32 * MAX_SPLIT + 1, 64) is None

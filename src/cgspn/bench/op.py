@@ -70,19 +70,27 @@ def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
     return x, lam, z, u, dy
 
 
-def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False) -> list[Any]:
+def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: int = 2) -> list[Any]:
+    """Forward launch configs: the general kernel's heuristic config, then split-line configs
+    (``LaunchConfig.split``) with 8 / 16 / 32 rows per tile, channel blocks x0.5/x1/x2 of the split
+    heuristic's and 1 or 2 warps."""
     from cgspn.ops.gspn import triton_backend as TB
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+    from cgspn.ops.gspn.triton_split import MAX_SPLIT
 
-    default = TB.forward_config(L, C, B=B, shared=shared)
-    bl = default.block_l
+    out = [TB.forward_config(L, C, B=B, shared=shared)]
+    split = TB.split_forward_config(L, C, B=B, itemsize=itemsize)
+    if split is None:
+        return out
     cmax = _next_pow2(C)
-    bcs = sorted({min(cmax, max(1, b)) for b in (default.block_c // 2, default.block_c, default.block_c * 2)})
-    modes = [(1, 1, False), (1, 1, True), (2, 1, False), (2, 1, True)]
-    out = []
-    for bc, (pf, st, jn) in itertools.product(bcs, modes):
-        warps = max(2, min(8, bl * bc // 512))
-        out.append(LaunchConfig(bl, bc, warps, pf, st, jn))
+    for k in sorted({min(_next_pow2(L), k) for k in (8, 16, 32)}):
+        r = -(-L // k)
+        if r > MAX_SPLIT:
+            continue
+        base = max(1, min(cmax, (16 // itemsize) * max(1, 32 // k)))
+        for bc, warps in itertools.product(sorted({min(cmax, max(1, b)) for b in (base // 2, base, base * 2)}), (1, 2)):
+            if k * bc >= 32 * warps:
+                out.append(LaunchConfig(k, bc, warps, 0, 1, False, r))
     return out
 
 
@@ -116,7 +124,8 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
             c = b["config"]
             out.append({"B": r["B"], "H": r["H"], "W": r["W"], "C": r["C"], "G": r["G"], "dtype": r["dtype"], "pass": which,
                         "heuristic_ms": r[f"{which}_ms"], "best_ms": b[f"{which}_ms"], "gain": r[f"{which}_ms"] / b[f"{which}_ms"],
-                        "best_config": f"bc={c['block_c']} w={c['num_warps']} pf={c['prefetch']} j={int(c['joined'])}"})
+                        "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} " if c.get("split") else "")
+                        + f"bc={c['block_c']} w={c['num_warps']} pf={c['prefetch']} j={int(c['joined'])}"})
     return out
 
 
@@ -143,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
                 h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
-                cases = [("fwd", cfg) for cfg in sweep_configs(max(H, W), C, B, (C // G) >= 8)] if "fwd" in passes else []
+                cases = [("fwd", cfg) for cfg in sweep_configs(max(H, W), C, B, (C // G) >= 8, dtype.itemsize)] if "fwd" in passes else []
                 if "bwd" in passes:
                     cases += [("bwd", cfg) for cfg in sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)]
                 for which, cfg in cases:
@@ -162,15 +171,17 @@ def run(args: argparse.Namespace) -> int:
                     print(f"sweep {which} {B},{H},{W},{C} G={G} {dname} {cfg}: {ms:.4f} ms ({gbs:.0f} GB/s)", flush=True)
             fwd = lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="triton")
             ms_f = time_fn(fwd, iters=args.iters, device=device)
+            general = TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8)  # the pre-split kernel, same run
+            ms_g = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, general), iters=args.iters, device=device)
             _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
             h = hs if hs is not None else fwd()
             ms_b = time_fn(lambda: torch.ops.cgspn.gspn2d_bwd(dy, x, lam, z, u, h, args.chunk or 0), iters=args.iters, device=device)
             row: dict[str, Any] = {
                 "B": B, "H": H, "W": W, "C": C, "G": G, "dtype": dname, "u": with_u, "chunk": args.chunk,
-                "fwd_ms": ms_f, "bwd_ms": ms_b,
+                "fwd_ms": ms_f, "bwd_ms": ms_b, "fwd_general_ms": ms_g, "split_gain": ms_g / ms_f,
                 "fwd_MB": nbytes["fwd"] / 1e6, "bwd_MB": nbytes["bwd"] / 1e6,
                 "fwd_GBs": nbytes["fwd"] / ms_f / 1e6, "bwd_GBs": nbytes["bwd"] / ms_b / 1e6,
-                "fwd_config": TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8).__dict__,
+                "fwd_config": TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize).__dict__,
                 "bwd_config": TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0].__dict__,
             }
             if copy_gbs:
@@ -195,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             del x, lam, z, u, dy, h
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    cols = ["B", "H", "W", "C", "G", "dtype", "fwd_ms", "fwd_GBs", "fwd_pct_copy", "bwd_ms", "bwd_GBs", "bwd_pct_copy", "speedup_fwd", "speedup_fwd_bwd"]
+    cols = ["B", "H", "W", "C", "G", "dtype", "fwd_ms", "fwd_GBs", "fwd_pct_copy", "fwd_general_ms", "split_gain", "bwd_ms", "bwd_GBs", "bwd_pct_copy", "speedup_fwd", "speedup_fwd_bwd"]
     table = print_table(rows, cols)
     best = best_of_sweep(rows, sweeps)
     if best:

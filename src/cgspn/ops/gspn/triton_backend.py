@@ -10,10 +10,13 @@ from dataclasses import dataclass
 import torch
 
 from . import triton_kernels as K
+from .triton_split import MAX_SPLIT, split_forward_kernel
 
 __all__ = [
     "LaunchConfig",
     "forward_config",
+    "split_forward_config",
+    "gspn2d_forward_config",
     "backward_config",
     "gspn2d_fwd_triton",
     "gspn2d_bwd_triton",
@@ -30,11 +33,15 @@ def _next_pow2(n: int) -> int:
 class LaunchConfig:
     """Tile and launch shape of one kernel call.
 
-    block_l: line positions per program (power of 2 >= the longest line);
+    block_l: line positions per program (power of 2 >= the longest line); with ``split`` > 0, the
+        rows of each of the ``split`` tiles (line position i = row * split + tile);
     block_c: channels per program; num_warps: warps per program;
     prefetch: issue the loads this many lines ahead of the math (0, 1 or 2);
     num_stages: Triton's own software pipelining of the scan loop (1 = off);
-    joined: do the two neighbour shifts as one gather.
+    joined: do the two neighbour shifts as one gather;
+    split: forward only: 0 = the general kernel (one [block_l, block_c] tile per line), R >= 1 =
+        the split-line kernel (``triton_split``: R tiles of [block_l, block_c], block_l <= 32 rows on
+        the lanes of a warp, neighbours by shuffle; prefetch / num_stages / joined do not apply).
     """
 
     block_l: int
@@ -43,6 +50,7 @@ class LaunchConfig:
     prefetch: int = 1
     num_stages: int = 1
     joined: bool = False
+    split: int = 0
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -72,6 +80,36 @@ def forward_config(
         bc //= 2
     warps = 8 if bl * bc >= 8192 else 4 if bl * bc >= 1024 else 2 if bl * bc >= 256 else 1
     return LaunchConfig(bl, bc, warps, 1)
+
+
+def split_forward_config(L: int, C: int, *, B: int = 32, itemsize: int = 2) -> LaunchConfig | None:
+    """The split-line forward's tile for lines of length L (None when L needs more than
+    ``MAX_SPLIT`` tiles of 32 rows: the general kernel then runs).
+
+    Rows per tile: the line itself up to 32 positions (one tile), else 32 or 16, whichever pads
+    the line less (147 -> 5 x 32 = 160, 74 -> 5 x 16 = 80). Channels: one 16-byte vector per
+    thread and row (8 bf16 / 4 fp32) when the rows fill the warp's 32 lanes, more when they do
+    not, one warp per program.
+    """
+    if L <= 32:
+        k, r = _next_pow2(L), 1
+    else:
+        fits = [k for k in (32, 16) if -(-L // k) <= MAX_SPLIT]
+        if not fits:
+            return None
+        _, _, k = min((-(-L // k) * k, -k, k) for k in fits)  # least padding, then more rows
+        r = -(-L // k)
+    vec = max(1, 16 // max(1, itemsize))
+    bc = max(1, min(_next_pow2(C), vec * max(1, 32 // k)))
+    return LaunchConfig(k, bc, 1, 0, 1, False, r)
+
+
+def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int) -> LaunchConfig:
+    """The launch configuration gspn2d's forward uses: the split-line kernel when the line fits
+    (:func:`split_forward_config`), else the general kernel (:func:`forward_config`)."""
+    L = max(H, W)
+    cfg = split_forward_config(L, C, B=B, itemsize=itemsize)
+    return cfg if cfg is not None else forward_config(L, C, B=B, shared=(C // G) >= 8)
 
 
 def backward_config(
@@ -192,9 +230,22 @@ def gspn2d_fwd_triton(
     hs = torch.empty(lam.shape, dtype=x.dtype, device=x.device) if (save_h and u is not None) else None
     if y.numel() == 0:
         return y, hs
-    cfg = forward_config(max(H, W), C, config, B=B, shared=(C // G) >= 8)
+    cfg = config if config is not None else gspn2d_forward_config(B, H, W, C, G, x.element_size())
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     z1, z2, z3 = z[..., 0, :], z[..., 1, :], z[..., 2, :]
+    if cfg.split:
+        split_forward_kernel(cfg.split)[grid](
+            x, lam, z1, z2, z3, u if u is not None else y, y, hs if hs is not None else y,
+            H, W, C, C // G, ck, nchunk, ncb,
+            *x.stride(),
+            *y.stride(),
+            *lam.stride(),
+            z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
+            NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
+            EVEN_C=C % cfg.block_c == 0, ZW=_z_tile_width(C // G, cfg.block_c),
+            BLOCK_K=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        )
+        return y, hs
     K.gspn_fwd_kernel[grid](
         x, lam, z1, z2, z3, u if u is not None else y, y, hs if hs is not None else y,
         H, W, C, C // G, ck, nchunk, ncb,

@@ -1,0 +1,164 @@
+"""The split-line forward kernel of gspn2d: a line held as R register tiles, neighbours by warp shuffle.
+
+Why a second forward kernel (``triton_kernels.gspn_fwd_kernel`` is the general one): that kernel
+keeps a whole line in one ``[BLOCK_L, BLOCK_C]`` tile, BLOCK_L the next power of two of the line
+length. A 147-long line then pads to 256 lanes, the tile spans several warps, and Triton moves
+every step's inputs and outputs through shared memory to a layout where the neighbour gather is
+warp-local (AOT-compiled for sm_90: 14 layout conversions and 221-255 registers per thread).
+
+Here line position ``i = k * R + r`` lives in tile ``r`` (of R) at row ``k`` (of BLOCK_K <= 32):
+
+* the neighbour ``i - 1`` of tile r >= 1 is tile r - 1 at the same row (same thread, free), and
+  only tile 0 needs tile R - 1 shifted by one row (likewise ``i + 1`` for tile R - 1), so two
+  gathers of one tile per step instead of two of the whole line;
+* the rows of a tile sit on the lanes of one warp, so the gathers are warp shuffles and the tile is
+  in the layout the channels-last loads want (16-byte channel vectors): no layout conversions;
+* the padding is R * BLOCK_K - L instead of next_pow2(L) - L (147 -> 160, not 256).
+
+R is a compile-time count of separate tiles, so the kernel source is generated for each R
+(:func:`split_forward_kernel`) and registered with ``linecache`` so that Triton (and its
+interpreter) can read it like any other source. Arguments are the general kernel's, so the
+launcher shares its strides and grid.
+"""
+
+from __future__ import annotations
+
+import functools
+import linecache
+
+import triton
+import triton.language as tl
+
+from . import triton_kernels as K
+
+__all__ = ["split_forward_kernel", "split_forward_source", "MAX_SPLIT"]
+
+MAX_SPLIT = 12  # most tiles per line (register budget); longer lines use the general kernel
+
+_SIGNATURE = (
+    "X, LAM, Z1, Z2, Z3, U, Y, HS, H, W, C, GS, CHUNK, NCHUNK, NCB, "
+    "sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, "
+    "NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr, LAM_SIG: tl.constexpr, "
+    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr"
+)
+
+
+def split_forward_source(R: int) -> str:
+    """Source of the forward kernel for lines split into R tiles (see the module docstring)."""
+    if not 1 <= R <= MAX_SPLIT:
+        raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
+    tiles = range(R)
+    s: list[str] = []
+    a = s.append
+    a(f"def gspn_fwd_split_r{R}({_SIGNATURE}):")
+    a("    pid = tl.program_id(0)")
+    a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
+    a("    if n <= 0:")
+    a("        return")
+    for name, row, col in (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc")):
+        a(f"    {name}_line = tl.where(is_col, {row}, {col})")
+        a(f"    {name}_scan = tl.where(is_col, {col}, {row}).to(tl.int64)")
+    a("    step = tl.where(rev, -1, 1)")
+    a("    first = tl.where(rev, start + n - 1, start)")
+    a("    b64 = b.to(tl.int64)")
+    a("    kk = tl.arange(0, BLOCK_K)")
+    a("    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)")
+    a("    if EVEN_C:  # C % BLOCK_C == 0: row masks only, so loads and stores stay 16-byte vectors")
+    a("        chm = tl.full([1, BLOCK_C], 1, tl.int1)")
+    a("    else:")
+    a("        chm = (ch < C)[None, :]")
+    a("    if ZW == 1:")
+    a("        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)")
+    a("        zchm = tl.full([1, 1], 1, tl.int1)")
+    a("    elif ZW < BLOCK_C:")
+    a("        zch = cb * ZW + tl.arange(0, ZW)")
+    a("        if EVEN_C:")
+    a("            zchm = tl.full([1, ZW], 1, tl.int1)")
+    a("        else:")
+    a("            zchm = (zch * (BLOCK_C // ZW) < C)[None, :]")
+    a("    else:")
+    a("        zch = ch // GS")
+    a("        zchm = chm")
+    a("    xb = X + b64 * sxb")
+    a("    lb = LAM + b64 * slb + d * sld")
+    a("    ub = U + b64 * slb + d * sld")
+    a("    yb = Y + b64 * spb + d * spd")
+    a("    hb = HS + b64 * spb + d * spd")
+    for k in (1, 2, 3):
+        a(f"    z{k}b = Z{k} + b64 * szb + d * szd")
+    for r in tiles:
+        a(f"    i{r} = kk * {R} + {r}")
+        a(f"    ok{r} = (i{r} < L)[:, None]")
+        a(f"    m{r} = ok{r} & chm")
+        a(f"    zm{r} = ok{r} & zchm")
+        a(f"    hp{r} = ((i{r} > 0) & (i{r} < L))[:, None]")
+        a(f"    hn{r} = (i{r} < L - 1)[:, None]")
+        a(f"    xo{r} = i{r}[:, None] * x_line + ch[None, :] * sxch")
+        a(f"    lo{r} = i{r}[:, None] * l_line + ch[None, :] * slch")
+        a(f"    po{r} = i{r}[:, None] * p_line + ch[None, :] * spch")
+        a(f"    zo{r} = i{r}[:, None] * z_line + zch[None, :] * szg")
+        a(f"    h{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
+
+    def loads(pos: str, sfx: str, ind: str) -> None:
+        a(f"{ind}xs = xb + {pos} * x_scan")
+        a(f"{ind}ls = lb + {pos} * l_scan")
+        a(f"{ind}us = ub + {pos} * l_scan")
+        a(f"{ind}zs = {pos} * z_scan")
+        for r in tiles:
+            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r}, mask=m{r}, other=0.0)")
+            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r}, mask=m{r}, other=0.0)")
+            for k in (1, 2, 3):
+                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r}, mask=zm{r}, other=0.0)")
+            a(f"{ind}if HAS_U:")
+            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r}, mask=m{r}, other=0.0)")
+            a(f"{ind}else:")
+            a(f"{ind}    u{sfx}{r} = l{sfx}{r}")
+
+    loads("first.to(tl.int64)", "c", "    ")
+    a("    for t in range(0, n):")
+    a("        pos = (first + step * t).to(tl.int64)")
+    a("        posn = (first + step * tl.minimum(t + 1, n - 1)).to(tl.int64)")
+    loads("posn", "n", "        ")
+    for r in tiles:
+        a(f"        g1_{r}, g2_{r}, g3_{r}, _s1, _s2, _s3, _inv = _gates(z1c{r}.to(tl.float32), z2c{r}.to(tl.float32), "
+          f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM)")
+        for k in (1, 2, 3):
+            a(f"        g{k}_{r} = _expand(g{k}_{r}, ZW, BLOCK_K, BLOCK_C)")
+    a(f"        up0 = _shift_prev(h{R - 1}, kk, BLOCK_K, BLOCK_C)")
+    a(f"        dn{R - 1} = _shift_next(h0, kk, BLOCK_K, BLOCK_C)")
+    for r in tiles:
+        up = "up0" if r == 0 else f"h{r - 1}"
+        dn = f"dn{R - 1}" if r == R - 1 else f"h{r + 1}"
+        a(f"        nh{r} = _lam(lc{r}, LAM_SIG) * xc{r}.to(tl.float32) + g1_{r} * {up} + g2_{r} * h{r} + g3_{r} * {dn}")
+    a("        ys = yb + pos * p_scan")
+    a("        hs = hb + pos * p_scan")
+    for r in tiles:
+        a(f"        h{r} = nh{r}")
+        a("        if HAS_U:")
+        a(f"            tl.store(ys + po{r}, (h{r} * uc{r}.to(tl.float32)).to(Y.dtype.element_ty), mask=m{r})")
+        a("        else:")
+        a(f"            tl.store(ys + po{r}, h{r}.to(Y.dtype.element_ty), mask=m{r})")
+        a("        if SAVE_H:")
+        a(f"            tl.store(hs + po{r}, h{r}.to(HS.dtype.element_ty), mask=m{r})")
+        a(f"        xc{r}, lc{r}, z1c{r}, z2c{r}, z3c{r}, uc{r} = xn{r}, ln{r}, z1n{r}, z2n{r}, z3n{r}, un{r}")
+    return "\n".join(s) + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def split_forward_kernel(R: int):
+    """The jitted forward kernel for lines split into R tiles (compiled by Triton on first launch)."""
+    src = split_forward_source(R)
+    filename = f"<cgspn.ops.gspn.triton_split: forward, R={R}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    scope = {
+        "tl": tl,
+        "triton": triton,
+        "_geometry": K._geometry,
+        "_gates": K._gates,
+        "_expand": K._expand,
+        "_lam": K._lam,
+        "_shift_prev": K._shift_prev,
+        "_shift_next": K._shift_next,
+    }
+    exec(compile(src, filename, "exec"), scope)
+    return triton.jit(scope[f"gspn_fwd_split_r{R}"])
