@@ -6,6 +6,7 @@ Everything here works on already-validated tensors; the public API lives in ``cg
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -18,6 +19,9 @@ __all__ = [
     "split_forward_config",
     "gspn2d_forward_config",
     "backward_config",
+    "KernelLaunch",
+    "gspn2d_fwd_launch",
+    "gspn2d_bwd_launch",
     "gspn2d_fwd_triton",
     "gspn2d_bwd_triton",
     "line_scan_fwd_triton",
@@ -105,11 +109,21 @@ def split_forward_config(L: int, C: int, *, B: int = 32, itemsize: int = 2) -> L
 
 
 def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int) -> LaunchConfig:
-    """The launch configuration gspn2d's forward uses: the split-line kernel when the line fits
-    (:func:`split_forward_config`), else the general kernel (:func:`forward_config`)."""
-    L = max(H, W)
-    cfg = split_forward_config(L, C, B=B, itemsize=itemsize)
-    return cfg if cfg is not None else forward_config(L, C, B=B, shared=(C // G) >= 8)
+    """The launch configuration gspn2d's forward uses.
+
+    The general kernel (:func:`forward_config`), except where the split-line kernel measured faster
+    on the H200 (docs/benchmarks.md, "split-line forward"): short lines (one tile of <= 32 rows)
+    with gate groups that do not tile the general kernel's channel block, which would make it
+    normalise the gates once per channel (e.g. 768 channels in 16 groups of 48: 1.6-1.8x). On long
+    lines the split kernel is 2-3x slower (one 255-register warp per program), so it is not used.
+    """
+    L, GS = max(H, W), C // G
+    general = forward_config(L, C, B=B, shared=GS >= 8)
+    if GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
+        split = split_forward_config(L, C, B=B, itemsize=itemsize)
+        if split is not None and split.split == 1 and _z_tile_width(GS, split.block_c) < split.block_c:
+            return split
+    return general
 
 
 def backward_config(
@@ -207,6 +221,64 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@dataclass
+class KernelLaunch:
+    """One Triton launch, built but not run: ``launch()`` runs it; ``tools/aot_report.py`` compiles
+    it for a GPU target without a GPU (the tensors may then live on the ``meta`` device)."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    meta: dict[str, Any]
+
+    def launch(self) -> None:
+        self.kernel[self.grid](*self.args, **self.meta)
+
+
+def _z_views(z: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+    """The three logit planes of z (B,H,W,4,3,G) and the strides the kernels read them with."""
+    return (z[..., 0, :], z[..., 1, :], z[..., 2, :]), (z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5))
+
+
+def gspn2d_fwd_launch(
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    z: torch.Tensor,
+    u: torch.Tensor | None,
+    chunk: int | None,
+    save_h: bool,
+    config: LaunchConfig | None = None,
+    lam_logits: bool = False,
+) -> tuple[KernelLaunch | None, torch.Tensor, torch.Tensor | None]:
+    """Outputs y (and h if ``save_h`` and u is given) and the forward launch that fills them (None
+    for empty inputs). Arguments as :func:`gspn2d_fwd_triton`."""
+    x, z, lam, u = _channels_unit_stride(x), _channels_unit_stride(z), *_shared_strides(lam, u)
+    B, H, W, C = x.shape
+    G = z.shape[-1]
+    y = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
+    hs = torch.empty(lam.shape, dtype=x.dtype, device=x.device) if (save_h and u is not None) else None
+    if y.numel() == 0:
+        return None, y, hs
+    cfg = config if config is not None else gspn2d_forward_config(B, H, W, C, G, x.element_size())
+    ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
+    zs, z_strides = _z_views(z)
+    args = (
+        x, lam, *zs, u if u is not None else y, y, hs if hs is not None else y,
+        H, W, C, C // G, ck, nchunk, ncb, *x.stride(), *y.stride(), *lam.stride(), *z_strides,
+    )
+    meta: dict[str, Any] = dict(
+        NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
+        ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )
+    if cfg.split:
+        kernel = split_forward_kernel(cfg.split)
+        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
+    else:
+        kernel = K.gspn_fwd_kernel
+        meta.update(PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, BLOCK_L=cfg.block_l)
+    return KernelLaunch(kernel, grid, args, meta), y, hs
+
+
 def gspn2d_fwd_triton(
     x: torch.Tensor,
     lam: torch.Tensor,
@@ -223,41 +295,67 @@ def gspn2d_fwd_triton(
     Inputs may be strided views (e.g. slices of one projection's output): no copies are made as
     long as channels are contiguous (stride 1) and lam and u share strides.
     """
+    launch, y, hs = gspn2d_fwd_launch(x, lam, z, u, chunk, save_h, config, lam_logits)
+    if launch is not None:
+        launch.launch()
+    return y, hs
+
+
+def gspn2d_bwd_launch(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    z: torch.Tensor,
+    u: torch.Tensor | None,
+    h: torch.Tensor,
+    chunk: int | None,
+    config: LaunchConfig | None = None,
+    lam_logits: bool = False,
+) -> tuple[KernelLaunch | None, Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]]:
+    """The backward launch (None for empty inputs) and a function that, once it has run, returns
+    the gradients (dx, dlam, dz, du) (summing the per-direction and per-block partials).
+    Arguments as :func:`gspn2d_bwd_triton`."""
+    dy, h = dy.contiguous(), h.contiguous()
     x, z, lam, u = _channels_unit_stride(x), _channels_unit_stride(z), *_shared_strides(lam, u)
     B, H, W, C = x.shape
     G = z.shape[-1]
-    y = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
-    hs = torch.empty(lam.shape, dtype=x.dtype, device=x.device) if (save_h and u is not None) else None
-    if y.numel() == 0:
-        return y, hs
-    cfg = config if config is not None else gspn2d_forward_config(B, H, W, C, G, x.element_size())
+    GS = C // G
+    dxd = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
+    dlam = torch.empty(lam.shape, dtype=lam.dtype, device=x.device)
+    du = torch.empty(u.shape, dtype=u.dtype, device=x.device) if u is not None else None
+    if dxd.numel() == 0:
+        zero = (x.new_zeros(x.shape), torch.zeros_like(lam), torch.zeros_like(z), (torch.zeros_like(u) if u is not None else None))
+        return None, lambda: zero
+    cfg, mode = backward_config(max(H, W), C, GS, config, B=B, itemsize=max(x.element_size(), lam.element_size()))
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
-    z1, z2, z3 = z[..., 0, :], z[..., 1, :], z[..., 2, :]
-    if cfg.split:
-        split_forward_kernel(cfg.split)[grid](
-            x, lam, z1, z2, z3, u if u is not None else y, y, hs if hs is not None else y,
-            H, W, C, C // G, ck, nchunk, ncb,
-            *x.stride(),
-            *y.stride(),
-            *lam.stride(),
-            z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
-            NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
-            EVEN_C=C % cfg.block_c == 0, ZW=_z_tile_width(C // G, cfg.block_c),
-            BLOCK_K=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
-        )
-        return y, hs
-    K.gspn_fwd_kernel[grid](
-        x, lam, z1, z2, z3, u if u is not None else y, y, hs if hs is not None else y,
-        H, W, C, C // G, ck, nchunk, ncb,
-        *x.stride(),
-        *y.stride(),
-        *lam.stride(),
-        z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
-        NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
-        PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, ZW=_z_tile_width(C // G, cfg.block_c),
+    if mode == 2:
+        dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
+    elif mode == 3 and ncb != G:
+        dz_buf = torch.empty((B, H, W, 4, 3, ncb), dtype=torch.float32, device=x.device)
+    else:
+        dz_buf = torch.empty_like(z)
+    zs, z_strides = _z_views(z)
+    args = (
+        x, lam, *zs, u if u is not None else dy, h, dy, dxd, dlam, du if du is not None else dlam, dz_buf,
+        H, W, C, GS, ck, nchunk, ncb, *x.stride(), *dy.stride(), *lam.stride(), *z_strides, *dz_buf.stride(),
+    )
+    meta = dict(
+        NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
+        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=_z_tile_width(GS, cfg.block_c),
         BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
-    return y, hs
+
+    def grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
+        if mode == 2:
+            dz = dz_buf.view(B, H, W, 4, 3, G, GS).sum(-1).to(z.dtype)
+        elif mode == 3 and ncb != G:
+            dz = dz_buf.view(B, H, W, 4, 3, G, ncb // G).sum(-1).to(z.dtype)
+        else:
+            dz = dz_buf
+        return dx, dlam, dz, du
+
+    return KernelLaunch(K.gspn_bwd_kernel, grid, args, meta), grads
 
 
 def gspn2d_bwd_triton(
@@ -273,46 +371,10 @@ def gspn2d_bwd_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients (dx, dlam, dz, du) of gspn2d; h is the forward state (B,H,W,4,C).
     ``lam_logits``: lam holds logits (dlam is then the gradient w.r.t. the logits)."""
-    dy, h = dy.contiguous(), h.contiguous()
-    x, z, lam, u = _channels_unit_stride(x), _channels_unit_stride(z), *_shared_strides(lam, u)
-    B, H, W, C = x.shape
-    G = z.shape[-1]
-    GS = C // G
-    dxd = torch.empty(lam.shape, dtype=x.dtype, device=x.device)
-    dlam = torch.empty(lam.shape, dtype=lam.dtype, device=x.device)
-    du = torch.empty(u.shape, dtype=u.dtype, device=x.device) if u is not None else None
-    if dxd.numel() == 0:
-        return x.new_zeros(x.shape), torch.zeros_like(lam), torch.zeros_like(z), (torch.zeros_like(u) if u is not None else None)
-    cfg, mode = backward_config(max(H, W), C, GS, config, B=B, itemsize=max(x.element_size(), lam.element_size()))
-    ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
-    if mode == 2:
-        dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
-    elif mode == 3 and ncb != G:
-        dz_buf = torch.empty((B, H, W, 4, 3, ncb), dtype=torch.float32, device=x.device)
-    else:
-        dz_buf = torch.empty_like(z)
-    z1, z2, z3 = z[..., 0, :], z[..., 1, :], z[..., 2, :]
-    K.gspn_bwd_kernel[grid](
-        x, lam, z1, z2, z3, u if u is not None else dy, h, dy,
-        dxd, dlam, du if du is not None else dlam, dz_buf,
-        H, W, C, GS, ck, nchunk, ncb,
-        *x.stride(),
-        *dy.stride(),
-        *lam.stride(),
-        z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5),
-        dz_buf.stride(0), dz_buf.stride(1), dz_buf.stride(2), dz_buf.stride(3), dz_buf.stride(4), dz_buf.stride(5),
-        NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
-        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=_z_tile_width(GS, cfg.block_c),
-        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
-    )
-    dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
-    if mode == 2:
-        dz = dz_buf.view(B, H, W, 4, 3, G, GS).sum(-1).to(z.dtype)
-    elif mode == 3 and ncb != G:
-        dz = dz_buf.view(B, H, W, 4, 3, G, ncb // G).sum(-1).to(z.dtype)
-    else:
-        dz = dz_buf
-    return dx, dlam, dz, du
+    launch, grads = gspn2d_bwd_launch(dy, x, lam, z, u, h, chunk, config, lam_logits)
+    if launch is not None:
+        launch.launch()
+    return grads()
 
 
 def line_scan_fwd_triton(

@@ -1,0 +1,171 @@
+"""Compile the GSPN kernels ahead of time for a GPU target on a machine without a GPU, and report
+what the compiler made of them: registers, spill (stack) bytes, shared memory, and per scan step the
+layout conversions, warp shuffles, barriers and global load widths.
+
+It builds the exact launch the library would make (``gspn2d_fwd_launch`` / ``gspn2d_bwd_launch`` on
+``meta``-device tensors: shapes and strides, no data), derives the signature Triton's runtime
+would specialise (pointer alignment, integers divisible by 16, integers equal to 1), and compiles it
+with ``triton.compile(..., target=GPUTarget("cuda", arch, 32))``. No device time is spent, so this
+screens launch configurations before a GPU run (docs/design.md, "Where the time goes").
+
+    PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 16 --dtype bf16 --pass fwd
+    PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 16 --config 32,8,1,0,1,0,5
+    PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 1 --pass bwd --json out.json
+
+``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split.
+Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
+you want to see (the H200 has 3.6; pip may bring a newer one here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def signature_of(launch: Any) -> tuple[dict[str, str], dict[tuple[int, ...], Any], dict[tuple[int, ...], Any]]:
+    """(signature, constexprs, attrs) of a KernelLaunch the way Triton's runtime specialises it."""
+    names = list(launch.kernel.arg_names)
+    sig: dict[str, str] = {}
+    cons: dict[tuple[int, ...], Any] = {}
+    attrs: dict[tuple[int, ...], Any] = {}
+    for i, (name, value) in enumerate(zip(names, launch.args)):
+        if isinstance(value, torch.Tensor):
+            sig[name] = "*" + _TRITON_TYPES[value.dtype]
+            if (value.storage_offset() * value.element_size()) % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, int):
+            if value == 1:
+                sig[name] = "constexpr"
+                cons[(i,)] = 1
+            else:
+                sig[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+                if value % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            raise TypeError(f"argument {name}: unsupported {type(value).__name__}")
+    for name, value in launch.meta.items():
+        if name in ("num_warps", "num_stages", "num_ctas"):
+            continue
+        sig[name] = "constexpr"
+        cons[(names.index(name),)] = value
+    return sig, cons, attrs
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resources(cubin: bytes) -> dict[str, int]:
+    """Registers, stack (spill) and shared bytes from cuobjdump's resource usage."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not m:
+        return {}
+    return {"registers": int(m[1]), "stack_bytes": int(m[2]), "shared_bytes": int(m[3]), "local_bytes": int(m[4])}
+
+
+def compile_report(launch: Any, arch: int = 90) -> dict[str, Any]:
+    """Compile one KernelLaunch for sm_<arch> and summarise the result."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, cons, attrs = signature_of(launch)
+    src = ASTSource(launch.kernel, sig, constexprs=cons, attrs=attrs)
+    opts = {k: v for k, v in launch.meta.items() if k in ("num_warps", "num_stages")}
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    ttgir, ptx = k.asm["ttgir"], k.asm["ptx"]
+    loop = ttgir[ttgir.find("scf.for"):] if "scf.for" in ttgir else ""
+    loads: dict[str, int] = {}
+    for m in re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx):
+        loads[m] = loads.get(m, 0) + 1
+    return {
+        "kernel": launch.kernel.__name__ if hasattr(launch.kernel, "__name__") else str(launch.kernel),
+        "triton": triton.__version__,
+        "arch": arch,
+        "grid": list(launch.grid),
+        "meta": {k: v for k, v in launch.meta.items()},
+        **resources(k.asm["cubin"]),
+        "layout_conversions_in_loop": loop.count("convert_layout"),
+        "shuffles": ptx.count("shfl.sync"),
+        "shared_stores": ptx.count("st.shared"),
+        "barriers": ptx.count("bar.sync"),
+        "global_loads": loads,
+    }
+
+
+def _config(text: str | None):
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
+
+    if not text:
+        return None
+    v = [int(t) for t in text.split(",")]
+    if len(v) != 7:
+        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split (7 integers)")
+    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default="32,147,147,64", help="B,H,W,C (default: %(default)s)")
+    p.add_argument("--groups", default="16", help="comma list of gate groups G, or C (default: %(default)s)")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--pass", dest="which", default="fwd", choices=["fwd", "bwd", "both"])
+    p.add_argument("--config", default=None, help="LaunchConfig override (see the module docstring)")
+    p.add_argument("--no-u", action="store_true")
+    p.add_argument("--lam-logits", action="store_true")
+    p.add_argument("--save-h", action="store_true", help="forward that also writes the state (training)")
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--json", default=None, help="also write the reports here")
+    args = p.parse_args(argv)
+
+    from cgspn.ops.gspn.triton_backend import gspn2d_bwd_launch, gspn2d_fwd_launch
+
+    B, H, W, C = (int(t) for t in args.shape.split(","))
+    dtype = DTYPES[args.dtype]
+    cfg = _config(args.config)
+    reports = []
+    for gtxt in args.groups.split(","):
+        G = C if gtxt.strip() == "C" else int(gtxt)
+        mk = lambda *s: torch.empty(*s, device="meta", dtype=dtype)
+        x, lam, z = mk(B, H, W, C), mk(B, H, W, 4, C), mk(B, H, W, 4, 3, G)
+        u = None if args.no_u else mk(B, H, W, 4, C)
+        launches = []
+        if args.which in ("fwd", "both"):
+            launches.append(("fwd", gspn2d_fwd_launch(x, lam, z, u, None, args.save_h, cfg, args.lam_logits)[0]))
+        if args.which in ("bwd", "both"):
+            launches.append(("bwd", gspn2d_bwd_launch(mk(B, H, W, 4, C), x, lam, z, u, mk(B, H, W, 4, C), None,
+                                                      cfg, args.lam_logits)[0]))
+        for which, launch in launches:
+            r = {"shape": [B, H, W, C], "G": G, "dtype": args.dtype, "pass": which, **compile_report(launch, args.arch)}
+            reports.append(r)
+            cfg_txt = {k: v for k, v in r["meta"].items() if k.isupper() and k.startswith(("BLOCK", "PREFETCH", "JOINED", "ZW"))}
+            print(f"{which} {args.shape} G={G} {args.dtype} {r['kernel']} warps={r['meta']['num_warps']} {cfg_txt}: "
+                  f"regs {r.get('registers')} stack {r.get('stack_bytes')} B shared {r.get('shared_bytes')} B | loop: "
+                  f"{r['layout_conversions_in_loop']} layout conversions, {r['shuffles']} shuffles, {r['barriers']} barriers, "
+                  f"loads {r['global_loads']}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(reports, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
