@@ -70,6 +70,19 @@ def _kernel_table(prof: torch.profiler.profile, iters: int, device_type: str) ->
     return sorted(rows, key=lambda r: -r["ms"])
 
 
+def print_kernel_table(rows: list[dict[str, Any]], top: int) -> None:
+    """The ``top`` kernels of a profile as a markdown table (ms per call, share, calls)."""
+    print("| ms | share | calls | kernel |\n| --- | --- | --- | --- |")
+    for r in rows[:top]:
+        print(f"| {r['ms']:.3f} | {100 * r['share']:.1f}% | {r['calls']} | {r['kernel']} |")
+
+
+def write_report(path: str, out: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nwrote {path}")
+
+
 def profile_one(fn: Callable, x: torch.Tensor, iters: int, device: torch.device) -> tuple[list[dict[str, Any]], float]:
     """Kernel table of ``iters`` calls of ``fn(x)`` under the profiler, and the median ms per call
     timed outside it (``cgspn.bench._measure.measure``, the benchmarks' own timer)."""
@@ -107,16 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 kern_ms = sum(r["ms"] for r in rows)
                 tag = f"{name}{' (compiled)' if compiled else ''} @ {px} px, B={args.batch}"
                 print(f"\n## {tag}: {wall:.3f} ms per call (median), kernels sum {kern_ms:.3f} ms")
-                print("| ms | share | calls | kernel |\n| --- | --- | --- | --- |")
-                for r in rows[: args.top]:
-                    print(f"| {r['ms']:.3f} | {100 * r['share']:.1f}% | {r['calls']} | {r['kernel']} |")
+                print_kernel_table(rows, args.top)
                 out["cases"].append({"variant": name, "compiled": compiled, "px": px, "batch": args.batch,
                                      "wall_ms": wall, "kernel_ms": kern_ms, "kernels": rows})
                 sys.stdout.flush()
         del x
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=str))
-    print(f"\nwrote {args.out}")
+    write_report(args.out, out)
     return 0
 
 

@@ -27,7 +27,7 @@ from cgspn.bench.common import run_metadata
 from cgspn.bench.model import build_model, model_patch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_block import _kernel_table  # noqa: E402
+from profile_block import _kernel_table, print_kernel_table, write_report  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             kern_ms = sum(r["ms"] for r in rows)
             print(f"\n## {name} @ {px} px, B={args.batch}: {timing['ms']:.2f} ms per call (median), "
                   f"kernels sum {kern_ms:.2f} ms, {depth} blocks -> {timing['ms'] / max(depth, 1):.2f} ms per block")
-            print("| ms | share | calls | kernel |\n| --- | --- | --- | --- |")
-            for r in rows[: args.top]:
-                print(f"| {r['ms']:.3f} | {100 * r['share']:.1f}% | {r['calls']} | {r['kernel']} |")
+            print_kernel_table(rows, args.top)
             out["cases"].append({"model": name, "px": px, "batch": args.batch, "depth": depth,
                                  "wall_ms": timing["ms"], "kernel_ms": kern_ms, "kernels": rows})
             sys.stdout.flush()
@@ -82,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=str))
-    print(f"\nwrote {args.out}")
+    write_report(args.out, out)
     return 0
 
 
