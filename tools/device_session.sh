@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The standard GPU checks of a session, in one device call, within a time budget:
+#   bash tools/device_session.sh [BUDGET_S] [STEP ...]
+# Steps (default: tests op block model): tests = every op test on the GPU; op = cgspn bench op;
+# block = cgspn bench block (+ plot); model = cgspn bench model at B = 32 and 1 (+ plot);
+# fwdsweep / bwdsweep = launch-config sweeps of the scan kernels; profile = tools/profile_block.py.
+# Each step gets what is left of the budget (minus a reserve for the later ones), writes its log and
+# JSON under $OUT (or ./out), and a step cut off by the budget still leaves its partial JSON.
+# Check the device time left first (`status`): a call stops at the session's remaining time.
+set -u
+budget=${1:-570}
+shift || true
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests op block model)
+out=${OUT:-./out}
+mkdir -p "$out"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+t0=$(date +%s)
+left() { echo $(( budget - ($(date +%s) - t0) )); }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv 2>/dev/null
+n=${#steps[@]}
+i=0
+for step in "${steps[@]}"; do
+  i=$((i + 1))
+  rest=$(( n - i ))
+  lim=$(( $(left) - 30 * rest ))
+  if [ "$lim" -lt 20 ]; then echo "skip $step: budget spent"; continue; fi
+  case $step in
+    tests) cmd=(python3 -m pytest -q -m "gpu or not gpu" tests/ops -p no:cacheprovider) ;;
+    op) cmd=(python3 -m cgspn.cli bench op --groups C,16,1 --iters 10 --no-baseline --out "$out/bench_op.json") ;;
+    block) cmd=(python3 -m cgspn.cli bench block --out "$out/bench_block.json" --plot "$out/bench_block.png") ;;
+    model) cmd=(python3 -m cgspn.cli bench model --batches 32 1 --no-search --out "$out/bench_model.json" --plot "$out/bench_model.png") ;;
+    fwdsweep) cmd=(python3 -m cgspn.cli bench op --groups 16,C --dtypes bf16 --sweep --sweep-passes fwd --no-baseline --iters 5 --out "$out/fwd_sweep.json") ;;
+    bwdsweep) cmd=(python3 -m cgspn.cli bench op --groups 16,C --dtypes bf16,fp32 --sweep --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
+    profile) cmd=(python3 tools/profile_block.py --batch 32 --px 2058 1036 --variants cgspn_mixer cgspn --out "$out/profile_block.json") ;;
+    *) echo "unknown step $step"; continue ;;
+  esac
+  timeout "$lim" "${cmd[@]}" > "$out/$step.log" 2>&1
+  echo "$step rc=$? after $(( $(date +%s) - t0 )) s (limit ${lim} s)"
+  grep -E "^\| |passed|failed|error" "$out/$step.log" | tail -40
+done
