@@ -178,6 +178,7 @@ SPLIT_CASES = [
     ((1, 1, 5, 4, 4, None, True), (2, 4, 1, 3)),  # 1 x N
     ((1, 6, 5, 40, 5, None, True), (2, 16, 1, 4)),  # channel blocks that do not tile C
     ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2)),  # shared gates, 2 warps
+    ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 3, 3)),  # loads left to Triton's pipeliner (num_stages 3)
 ]
 
 
@@ -194,8 +195,8 @@ def test_split_forward_kernel_matches_reference(case, cfg, lam_logits):
     lam = 2 * torch.randn(B, H, W, 4, C, generator=g)
     z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
     u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
-    rows, bc, warps, tiles = cfg
-    config = TB.LaunchConfig(rows, bc, warps, 0, 1, False, tiles)
+    rows, bc, warps, tiles, *stages = cfg
+    config = TB.LaunchConfig(rows, bc, warps, 0, stages[0] if stages else 1, False, tiles)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     y, hs = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam_in, z)), None if u is None else u.to(DEVICE), chunk,
                                  True, config, lam_logits=lam_logits)

@@ -72,25 +72,25 @@ def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
 
 def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: int = 2) -> list[Any]:
     """Forward launch configs: the general kernel's heuristic config, then split-line configs
-    (``LaunchConfig.split``) with 8 / 16 / 32 rows per tile, channel blocks x0.5/x1/x2 of the split
-    heuristic's and 1 or 2 warps."""
+    (``LaunchConfig.split``) with 16 / 32 rows per tile and at most 6 tiles, channel
+    blocks x0.5/x1/x2 of the split heuristic's, one warp, and the prefetch by hand (num_stages 1)
+    or by Triton's pipeliner through shared memory (num_stages 3)."""
     from cgspn.ops.gspn import triton_backend as TB
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
     from cgspn.ops.gspn.triton_split import MAX_SPLIT
 
     out = [TB.forward_config(L, C, B=B, shared=shared)]
-    split = TB.split_forward_config(L, C, B=B, itemsize=itemsize)
-    if split is None:
+    if TB.split_forward_config(L, C, B=B, itemsize=itemsize) is None:
         return out
     cmax = _next_pow2(C)
-    for k in sorted({min(_next_pow2(L), k) for k in (8, 16, 32)}):
+    rows = sorted({min(_next_pow2(L), k) for k in (16, 32)})
+    for k, stages in itertools.product(rows, (1, 3)):
         r = -(-L // k)
-        if r > MAX_SPLIT:
+        if r > min(6, MAX_SPLIT):  # more tiles spill (AOT-compiled for sm_90: tools/aot_report.py)
             continue
         base = max(1, min(cmax, (16 // itemsize) * max(1, 32 // k)))
-        for bc, warps in itertools.product(sorted({min(cmax, max(1, b)) for b in (base // 2, base, base * 2)}), (1, 2)):
-            if k * bc >= 32 * warps:
-                out.append(LaunchConfig(k, bc, warps, 0, 1, False, r))
+        for bc in sorted({min(cmax, max(1, b)) for b in (base // 2, base, base * 2)}):
+            out.append(LaunchConfig(k, bc, 1, 0, stages, False, r))
     return out
 
 
@@ -124,8 +124,9 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
             c = b["config"]
             out.append({"B": r["B"], "H": r["H"], "W": r["W"], "C": r["C"], "G": r["G"], "dtype": r["dtype"], "pass": which,
                         "heuristic_ms": r[f"{which}_ms"], "best_ms": b[f"{which}_ms"], "gain": r[f"{which}_ms"] / b[f"{which}_ms"],
-                        "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} " if c.get("split") else "")
-                        + f"bc={c['block_c']} w={c['num_warps']} pf={c['prefetch']} j={int(c['joined'])}"})
+                        "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} stages={c['num_stages']} "
+                                        if c.get("split") else f"bl={c['block_l']} pf={c['prefetch']} j={int(c['joined'])} ")
+                        + f"bc={c['block_c']} w={c['num_warps']}"})
     return out
 
 

@@ -45,7 +45,8 @@ class LaunchConfig:
     joined: do the two neighbour shifts as one gather;
     split: forward only: 0 = the general kernel (one [block_l, block_c] tile per line), R >= 1 =
         the split-line kernel (``triton_split``: R tiles of [block_l, block_c], block_l <= 32 rows on
-        the lanes of a warp, neighbours by shuffle; prefetch / num_stages / joined do not apply).
+        the lanes of a warp, neighbours by shuffle; prefetch and joined do not apply, num_stages >= 2
+        hands the prefetch to Triton's software pipeliner).
     """
 
     block_l: int
@@ -271,7 +272,7 @@ def gspn2d_fwd_launch(
         ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     if cfg.split:
-        kernel = split_forward_kernel(cfg.split)
+        kernel = split_forward_kernel(cfg.split, cfg.num_stages)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_fwd_kernel

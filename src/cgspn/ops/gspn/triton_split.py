@@ -43,14 +43,20 @@ _SIGNATURE = (
 )
 
 
-def split_forward_source(R: int) -> str:
-    """Source of the forward kernel for lines split into R tiles (see the module docstring)."""
+def split_forward_source(R: int, stages: int = 1) -> str:
+    """Source of the forward kernel for lines split into R tiles (see the module docstring).
+
+    ``stages`` <= 1: the next step's inputs are loaded into registers one step ahead (by hand);
+    >= 2: each step loads its own inputs and the loop is ``tl.range(..., num_stages=stages)``, so
+    Triton's software pipeliner may stage the loads ahead through shared memory instead.
+    """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
+    piped = stages >= 2
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def gspn_fwd_split_r{R}({_SIGNATURE}):")
+    a(f"def gspn_fwd_split_r{R}{'_s%d' % stages if piped else ''}({_SIGNATURE}):")
     a("    pid = tl.program_id(0)")
     a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
     a("    if n <= 0:")
@@ -114,11 +120,16 @@ def split_forward_source(R: int) -> str:
             a(f"{ind}else:")
             a(f"{ind}    u{sfx}{r} = l{sfx}{r}")
 
-    loads("first.to(tl.int64)", "c", "    ")
-    a("    for t in range(0, n):")
-    a("        pos = (first + step * t).to(tl.int64)")
-    a("        posn = (first + step * tl.minimum(t + 1, n - 1)).to(tl.int64)")
-    loads("posn", "n", "        ")
+    if piped:
+        a(f"    for t in tl.range(0, n, num_stages={stages}):")
+        a("        pos = (first + step * t).to(tl.int64)")
+        loads("pos", "c", "        ")
+    else:
+        loads("first.to(tl.int64)", "c", "    ")
+        a("    for t in range(0, n):")
+        a("        pos = (first + step * t).to(tl.int64)")
+        a("        posn = (first + step * tl.minimum(t + 1, n - 1)).to(tl.int64)")
+        loads("posn", "n", "        ")
     for r in tiles:
         a(f"        g1_{r}, g2_{r}, g3_{r}, _s1, _s2, _s3, _inv = _gates(z1c{r}.to(tl.float32), z2c{r}.to(tl.float32), "
           f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM)")
@@ -140,15 +151,18 @@ def split_forward_source(R: int) -> str:
         a(f"            tl.store(ys + po{r}, h{r}.to(Y.dtype.element_ty), mask=m{r})")
         a("        if SAVE_H:")
         a(f"            tl.store(hs + po{r}, h{r}.to(HS.dtype.element_ty), mask=m{r})")
-        a(f"        xc{r}, lc{r}, z1c{r}, z2c{r}, z3c{r}, uc{r} = xn{r}, ln{r}, z1n{r}, z2n{r}, z3n{r}, un{r}")
+        if not piped:
+            a(f"        xc{r}, lc{r}, z1c{r}, z2c{r}, z3c{r}, uc{r} = xn{r}, ln{r}, z1n{r}, z2n{r}, z3n{r}, un{r}")
     return "\n".join(s) + "\n"
 
 
 @functools.lru_cache(maxsize=None)
-def split_forward_kernel(R: int):
-    """The jitted forward kernel for lines split into R tiles (compiled by Triton on first launch)."""
-    src = split_forward_source(R)
-    filename = f"<cgspn.ops.gspn.triton_split: forward, R={R}>"
+def split_forward_kernel(R: int, stages: int = 1):
+    """The jitted forward kernel for lines split into R tiles (compiled by Triton on first launch);
+    ``stages`` as in :func:`split_forward_source`."""
+    stages = max(1, int(stages))
+    src = split_forward_source(R, stages)
+    filename = f"<cgspn.ops.gspn.triton_split: forward, R={R}, stages={stages}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {
         "tl": tl,
@@ -161,4 +175,4 @@ def split_forward_kernel(R: int):
         "_shift_next": K._shift_next,
     }
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[f"gspn_fwd_split_r{R}"])
+    return triton.jit(scope[f"gspn_fwd_split_r{R}{'_s%d' % stages if stages >= 2 else ''}"])
