@@ -21,6 +21,9 @@ from .common import copy_bandwidth_gbs, print_table, run_metadata, time_fn, writ
 
 DEFAULT_SHAPES = "32,74,74,64;32,147,147,64;1,147,147,64;64,14,14,768"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# largest max|out - heuristic's out| / max|heuristic's out| over all outputs for a swept config to count
+# (launch shapes change only fp32 summation order and the rounding of the results)
+SWEEP_AGREEMENT = {"bf16": 2e-2, "fp16": 5e-3, "fp32": 1e-4}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -30,11 +33,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=None, help="window length along the scan axis (default: global)")
     p.add_argument("--no-u", action="store_true", help="benchmark without the output gate u")
     p.add_argument("--iters", type=int, default=20, help="timed repetitions (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before the timed ones")
     p.add_argument("--baseline-max-elems", type=float, default=2e9,
                    help="skip the per-line loop baseline above this many B*H*W*4*C elements")
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
+    p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
 
@@ -71,7 +76,9 @@ def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
 
 
 def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: int = 2) -> list[Any]:
-    """Forward launch configs: the general kernel's heuristic config, then split-line configs
+    """Forward launch configs: the general kernel's heuristic config and, with the prefetch left to
+    Triton's software pipeliner (prefetch 0, num_stages 2-4), that and x0.5/x2 channel blocks; then
+    split-line configs
     (``LaunchConfig.split``) with 16 / 32 rows per tile and at most 6 tiles, channel
     blocks x0.5/x1/x2 of the split heuristic's, one warp, and the prefetch by hand (num_stages 1)
     or by Triton's pipeliner through shared memory (num_stages 3)."""
@@ -79,10 +86,15 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
     from cgspn.ops.gspn.triton_split import MAX_SPLIT
 
-    out = [TB.forward_config(L, C, B=B, shared=shared)]
+    general = TB.forward_config(L, C, B=B, shared=shared)
+    cmax = _next_pow2(C)
+    out = [general]
+    # the general kernel with the prefetch left to Triton's pipeliner (cp.async through shared memory)
+    for bc in sorted({min(cmax, max(1, b)) for b in (general.block_c // 2, general.block_c, general.block_c * 2)}):
+        for stages in ((2, 3, 4) if bc == general.block_c else (3,)):
+            out.append(LaunchConfig(general.block_l, bc, general.num_warps, 0, stages, general.joined))
     if TB.split_forward_config(L, C, B=B, itemsize=itemsize) is None:
         return out
-    cmax = _next_pow2(C)
     rows = sorted({min(_next_pow2(L), k) for k in (16, 32)})
     for k, stages in itertools.product(rows, (1, 3)):
         r = -(-L // k)
@@ -96,7 +108,8 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
 
 def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Backward launch configs around the heuristic's: channel block x0.5/x1/x2, 4/8/16 warps,
-    prefetch 0/1 (prefetching ten step inputs doubles the live registers, which spills in fp32)."""
+    prefetch 0/1 (prefetching ten step inputs doubles the live registers, which spills in fp32),
+    and the heuristic's block with the prefetch left to Triton's pipeliner (num_stages 2, 3)."""
     from cgspn.ops.gspn import triton_backend as TB
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
 
@@ -108,16 +121,20 @@ def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     for bc, warps, pf in itertools.product(bcs, (4, 8, 16), (0, 1)):
         if bl * bc >= 32 * warps:  # at least one element per thread
             out.append(LaunchConfig(bl, bc, warps, pf, 1, default.joined))
+    for warps, stages in itertools.product((4, 8, 16), (2, 3)):  # prefetch by Triton's pipeliner
+        if bl * default.block_c >= 32 * warps:
+            out.append(LaunchConfig(bl, default.block_c, warps, 0, stages, default.joined))
     return out
 
 
 def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (shape, G, dtype, pass): the fastest swept config against the heuristic's timing."""
+    """Per (shape, G, dtype, pass): the fastest swept config whose outputs agree with the heuristic's
+    (``SWEEP_AGREEMENT``) against the heuristic's timing."""
     out = []
     for r in rows:
         for which in ("fwd", "bwd"):
             cand = [s for s in sweeps if s.get("pass") == which and s["shape"] == [r["B"], r["H"], r["W"], r["C"]]
-                    and s["G"] == r["G"] and s["dtype"] == r["dtype"] and f"{which}_ms" in s]
+                    and s["G"] == r["G"] and s["dtype"] == r["dtype"] and f"{which}_ms" in s and s.get("agrees", True)]
             if not cand:
                 continue
             b = min(cand, key=lambda s: s[f"{which}_ms"])
@@ -154,29 +171,40 @@ def run(args: argparse.Namespace) -> int:
                 h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
                 cases = [("fwd", cfg) for cfg in sweep_configs(max(H, W), C, B, (C // G) >= 8, dtype.itemsize)] if "fwd" in passes else []
+                if args.sweep_limit > 0:
+                    cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    cases += [("bwd", cfg) for cfg in sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)]
+                    bwd_cases = [("bwd", cfg) for cfg in sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)]
+                    cases += bwd_cases[: args.sweep_limit] if args.sweep_limit > 0 else bwd_cases
+                want = {"fwd": [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]],
+                        "bwd": [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk) if t is not None]}
                 for which, cfg in cases:
+                    if which == "fwd":
+                        call = lambda: [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg)[0]]
+                    else:
+                        call = lambda: [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk, cfg) if t is not None]
                     try:
-                        if which == "fwd":
-                            ms = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg), iters=args.iters, device=device)
-                        else:
-                            ms = time_fn(lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk, cfg), iters=args.iters, device=device)
+                        # every swept config must agree with the heuristic's outputs (a fast wrong config is no result)
+                        diff = max(float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-12))
+                                   for a, b in zip(call(), want[which]))
+                        ms = time_fn(call, warmup=args.warmup, iters=args.iters, device=device)
                     except Exception as e:  # a config that fails to compile (resources) is reported, not fatal
                         sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
                                        "error": str(e)[:200]})
                         continue
                     gbs = nbytes[which] / ms / 1e6
                     sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
-                                   f"{which}_ms": ms, f"{which}_gbs": gbs})
-                    print(f"sweep {which} {B},{H},{W},{C} G={G} {dname} {cfg}: {ms:.4f} ms ({gbs:.0f} GB/s)", flush=True)
+                                   f"{which}_ms": ms, f"{which}_gbs": gbs, "rel_diff_vs_heuristic": diff,
+                                   "agrees": diff <= SWEEP_AGREEMENT[dname]})
+                    print(f"sweep {which} {B},{H},{W},{C} G={G} {dname} {cfg}: {ms:.4f} ms ({gbs:.0f} GB/s), "
+                          f"max |diff| / max |heuristic| {diff:.1e}", flush=True)
             fwd = lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="triton")
-            ms_f = time_fn(fwd, iters=args.iters, device=device)
+            ms_f = time_fn(fwd, warmup=args.warmup, iters=args.iters, device=device)
             general = TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8)  # the pre-split kernel, same run
-            ms_g = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, general), iters=args.iters, device=device)
+            ms_g = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, general), warmup=args.warmup, iters=args.iters, device=device)
             _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
             h = hs if hs is not None else fwd()
-            ms_b = time_fn(lambda: torch.ops.cgspn.gspn2d_bwd(dy, x, lam, z, u, h, args.chunk or 0), iters=args.iters, device=device)
+            ms_b = time_fn(lambda: torch.ops.cgspn.gspn2d_bwd(dy, x, lam, z, u, h, args.chunk or 0), warmup=args.warmup, iters=args.iters, device=device)
             row: dict[str, Any] = {
                 "B": B, "H": H, "W": W, "C": C, "G": G, "dtype": dname, "u": with_u, "chunk": args.chunk,
                 "fwd_ms": ms_f, "bwd_ms": ms_b, "fwd_general_ms": ms_g, "split_gain": ms_g / ms_f,

@@ -1,0 +1,32 @@
+"""``cgspn bench op`` on CPU through the real CLI: the Triton kernels run under the interpreter
+(conftest sets TRITON_INTERPRET=1 without a GPU), tiny shape, the launch-config sweep included."""
+
+import json
+
+import pytest
+
+from cgspn.bench.op import SWEEP_AGREEMENT, sweep_configs
+from cgspn.cli import main
+from cgspn.ops import available_backends
+
+pytestmark = pytest.mark.skipif("triton" not in available_backends("cpu"), reason="needs the Triton interpreter")
+
+
+def test_bench_op_sweep_cpu_smoke(tmp_path):
+    out = tmp_path / "op.json"
+    rc = main(["bench", "op", "--device", "cpu", "--shapes", "1,3,16,16", "--groups", "4", "--dtypes", "fp32",
+               "--sweep", "--sweep-limit", "8", "--iters", "1", "--warmup", "0", "--no-baseline", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0 and row["fwd_general_ms"] > 0
+    assert row["fwd_config"]["block_c"] >= 1
+    fwd = [s for s in data["sweep"] if s["pass"] == "fwd"]
+    bwd = [s for s in data["sweep"] if s["pass"] == "bwd"]
+    configs = sweep_configs(16, 16, 1, False, 4)
+    assert [s["config"] for s in fwd] == [c.__dict__ for c in configs[:8]] and len(bwd) == 8
+    assert any(c.split for c in configs) and any(c.num_stages > 1 for c in configs)
+    for s in fwd + bwd:  # every config computes the same outputs as the heuristic's
+        assert "error" not in s, s
+        assert s["agrees"] and s["rel_diff_vs_heuristic"] <= SWEEP_AGREEMENT["fp32"]
+    assert {b["pass"] for b in data["best"]} == {"fwd", "bwd"}
