@@ -11,6 +11,7 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 16 --dtype bf16 --pass fwd
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 16 --config 32,8,1,0,1,0,5
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 1 --pass bwd --json out.json
+    PYTHONPATH=src python3 tools/aot_report.py --shape 32,74,74,64 --groups 16,C --sweep   # bench op's sweep grid
 
 ``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split.
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
@@ -103,6 +104,7 @@ def compile_report(launch: Any, arch: int = 90) -> dict[str, Any]:
         "grid": list(launch.grid),
         "meta": {k: v for k, v in launch.meta.items()},
         **resources(k.asm["cubin"]),
+        "dynamic_shared_bytes": int(getattr(k.metadata, "shared", 0) or 0),
         "layout_conversions_in_loop": loop.count("convert_layout"),
         "shuffles": ptx.count("shfl.sync"),
         "shared_stores": ptx.count("st.shared"),
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--pass", dest="which", default="fwd", choices=["fwd", "bwd", "both"])
     p.add_argument("--config", default=None, help="LaunchConfig override (see the module docstring)")
+    p.add_argument("--sweep", action="store_true", help="compile every config `cgspn bench op --sweep` would time")
     p.add_argument("--no-u", action="store_true")
     p.add_argument("--lam-logits", action="store_true")
     p.add_argument("--save-h", action="store_true", help="forward that also writes the state (training)")
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the reports here")
     args = p.parse_args(argv)
 
+    from cgspn.bench.op import sweep_backward_configs, sweep_configs
     from cgspn.ops.gspn.triton_backend import gspn2d_bwd_launch, gspn2d_fwd_launch
 
     B, H, W, C = (int(t) for t in args.shape.split(","))
@@ -147,18 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         mk = lambda *s: torch.empty(*s, device="meta", dtype=dtype)
         x, lam, z = mk(B, H, W, C), mk(B, H, W, 4, C), mk(B, H, W, 4, 3, G)
         u = None if args.no_u else mk(B, H, W, 4, C)
+        L = max(H, W)
+        fwd_cfgs = sweep_configs(L, C, B, (C // G) >= 8, dtype.itemsize) if args.sweep else [cfg]
+        bwd_cfgs = sweep_backward_configs(L, C, C // G, B, dtype.itemsize) if args.sweep else [cfg]
         launches = []
         if args.which in ("fwd", "both"):
-            launches.append(("fwd", gspn2d_fwd_launch(x, lam, z, u, None, args.save_h, cfg, args.lam_logits)[0]))
+            launches += [("fwd", gspn2d_fwd_launch(x, lam, z, u, None, args.save_h, c, args.lam_logits)[0]) for c in fwd_cfgs]
         if args.which in ("bwd", "both"):
-            launches.append(("bwd", gspn2d_bwd_launch(mk(B, H, W, 4, C), x, lam, z, u, mk(B, H, W, 4, C), None,
-                                                      cfg, args.lam_logits)[0]))
+            launches += [("bwd", gspn2d_bwd_launch(mk(B, H, W, 4, C), x, lam, z, u, mk(B, H, W, 4, C), None,
+                                                   c, args.lam_logits)[0]) for c in bwd_cfgs]
         for which, launch in launches:
             r = {"shape": [B, H, W, C], "G": G, "dtype": args.dtype, "pass": which, **compile_report(launch, args.arch)}
             reports.append(r)
-            cfg_txt = {k: v for k, v in r["meta"].items() if k.isupper() and k.startswith(("BLOCK", "PREFETCH", "JOINED", "ZW"))}
+            cfg_txt = {k: v for k, v in r["meta"].items() if k.isupper() and k.startswith(("BLOCK", "PREFETCH", "NUM_STAGES", "JOINED", "ZW"))}
             print(f"{which} {args.shape} G={G} {args.dtype} {r['kernel']} warps={r['meta']['num_warps']} {cfg_txt}: "
-                  f"regs {r.get('registers')} stack {r.get('stack_bytes')} B shared {r.get('shared_bytes')} B | loop: "
+                  f"regs {r.get('registers')} stack {r.get('stack_bytes')} B shared {r['dynamic_shared_bytes']} B | loop: "
                   f"{r['layout_conversions_in_loop']} layout conversions, {r['shuffles']} shuffles, {r['barriers']} barriers, "
                   f"loads {r['global_loads']}", flush=True)
     if args.json:

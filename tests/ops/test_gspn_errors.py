@@ -71,3 +71,17 @@ def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch):
 def test_empty_batch_is_fine():
     x, lam, z = _ok(B=0)
     assert gspn2d(x, lam, z, backend="reference").shape == (0, 3, 4, 4, 4)
+
+
+def test_triton_launch_refuses_offsets_past_32_bits():
+    """Per-item extents beyond 2**31 elements would overflow the kernels' 32-bit offsets: a clear
+    error (built on meta tensors: nothing is allocated or launched)."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W, C, G = 1, 2, 3, 4, 2
+    mk = lambda *s: torch.empty(*s, device="meta")
+    x, lam, z = mk(B, H, W, C), mk(B, H, W, 4, C), mk(B, H, W, 4, 3, G)
+    assert TB.gspn2d_fwd_launch(x, lam, z, None, None, False)[0] is not None
+    huge = torch.empty(1, device="meta").as_strided((B, H, W, 4, C), (0, 2**31, 4 * C, C, 1))
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        TB.gspn2d_fwd_launch(x, huge, z, None, None, False)

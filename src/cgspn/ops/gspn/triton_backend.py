@@ -241,6 +241,24 @@ def _z_views(z: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]
     return (z[..., 0, :], z[..., 1, :], z[..., 2, :]), (z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5))
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _check_offsets(**tensors: torch.Tensor | None) -> None:
+    """The kernels index within one batch item with 32-bit offsets (position x stride products):
+    refuse, with a clear error, inputs whose per-item extent would overflow them."""
+    for name, t in tensors.items():
+        if t is None or t.numel() == 0:
+            continue
+        extent = sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]))
+        if extent > _INT32_MAX:
+            raise ValueError(
+                f"gspn2d (triton): {name} of shape {tuple(t.shape)} and strides {tuple(t.stride())} spans {extent} "
+                f"elements per batch item, more than the kernels' 32-bit offsets address ({_INT32_MAX}); "
+                "split the batch item or use backend='reference'"
+            )
+
+
 def gspn2d_fwd_launch(
     x: torch.Tensor,
     lam: torch.Tensor,
@@ -260,6 +278,7 @@ def gspn2d_fwd_launch(
     hs = torch.empty(lam.shape, dtype=x.dtype, device=x.device) if (save_h and u is not None) else None
     if y.numel() == 0:
         return None, y, hs
+    _check_offsets(x=x, lam=lam, z=z, u=u, y=y)
     cfg = config if config is not None else gspn2d_forward_config(B, H, W, C, G, x.element_size())
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     zs, z_strides = _z_views(z)
@@ -327,6 +346,7 @@ def gspn2d_bwd_launch(
     if dxd.numel() == 0:
         zero = (x.new_zeros(x.shape), torch.zeros_like(lam), torch.zeros_like(z), (torch.zeros_like(u) if u is not None else None))
         return None, lambda: zero
+    _check_offsets(x=x, lam=lam, z=z, u=u, h=h, dy=dy)
     cfg, mode = backward_config(max(H, W), C, GS, config, B=B, itemsize=max(x.element_size(), lam.element_size()))
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     if mode == 2:

@@ -2,9 +2,9 @@
 
 Why a second forward kernel (``triton_kernels.gspn_fwd_kernel`` is the general one): that kernel
 keeps a whole line in one ``[BLOCK_L, BLOCK_C]`` tile, BLOCK_L the next power of two of the line
-length. A 147-long line then pads to 256 lanes, the tile spans several warps, and Triton moves
-every step's inputs and outputs through shared memory to a layout where the neighbour gather is
-warp-local (AOT-compiled for sm_90: 14 layout conversions and 221-255 registers per thread).
+length. A 147-long line then pads to 256 lanes, the tile spans several warps, and the neighbour
+exchange is a generic ``tl.gather``: compiled for sm_90 (``tools/aot_report.py``), 256-512 shuffles
+and 12-20 barriers per step at 232-255 registers per thread.
 
 Here line position ``i = k * R + r`` lives in tile ``r`` (of R) at row ``k`` (of BLOCK_K <= 32):
 
@@ -19,6 +19,10 @@ R is a compile-time count of separate tiles, so the kernel source is generated f
 (:func:`split_forward_kernel`) and registered with ``linecache`` so that Triton (and its
 interpreter) can read it like any other source. Arguments are the general kernel's, so the
 launcher shares its strides and grid.
+
+Measured on the H200 (docs/benchmarks.md): faster than the general kernel only on short lines
+whose gate groups do not tile the general kernel's channel block, 2-3x slower on 147-long lines;
+``gspn2d_forward_config`` uses it accordingly. ``num_stages >= 2`` variants are not yet measured.
 """
 
 from __future__ import annotations
