@@ -127,6 +127,24 @@ def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     return out
 
 
+def _compiled_resources(which: str, cfg: Any, x, lam, z, u, dy, h, chunk) -> dict[str, int]:
+    """Registers and spills per thread of the kernel a swept config compiled to (one more launch;
+    empty under the interpreter, which compiles nothing)."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    if which == "fwd":
+        launch = TB.gspn2d_fwd_launch(x, lam, z, u, chunk, False, cfg)[0]
+    else:
+        launch = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, chunk, cfg)[0]
+    compiled = launch.launch() if launch is not None else None
+    out = {}
+    for key in ("n_regs", "n_spills"):
+        value = getattr(compiled, key, None)
+        if isinstance(value, int):
+            out[key] = value
+    return out
+
+
 def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (shape, G, dtype, pass): the fastest swept config whose outputs agree with the heuristic's
     (``SWEEP_AGREEMENT``) against the heuristic's timing."""
@@ -188,16 +206,17 @@ def run(args: argparse.Namespace) -> int:
                         diff = max(float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-12))
                                    for a, b in zip(call(), want[which]))
                         ms = time_fn(call, warmup=args.warmup, iters=args.iters, device=device)
+                        resources = _compiled_resources(which, cfg, x, lam, z, u, dy, h, args.chunk)
                     except Exception as e:  # a config that fails to compile (resources) is reported, not fatal
                         sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
                                        "error": str(e)[:200]})
                         continue
                     gbs = nbytes[which] / ms / 1e6
                     sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
-                                   f"{which}_ms": ms, f"{which}_gbs": gbs, "rel_diff_vs_heuristic": diff,
+                                   f"{which}_ms": ms, f"{which}_gbs": gbs, "rel_diff_vs_heuristic": diff, **resources,
                                    "agrees": diff <= SWEEP_AGREEMENT[dname]})
                     print(f"sweep {which} {B},{H},{W},{C} G={G} {dname} {cfg}: {ms:.4f} ms ({gbs:.0f} GB/s), "
-                          f"max |diff| / max |heuristic| {diff:.1e}", flush=True)
+                          f"max |diff| / max |heuristic| {diff:.1e}, {resources}", flush=True)
             fwd = lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="triton")
             ms_f = time_fn(fwd, warmup=args.warmup, iters=args.iters, device=device)
             general = TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8)  # the pre-split kernel, same run
