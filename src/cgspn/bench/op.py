@@ -96,7 +96,7 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
     for bc in sorted({min(cmax, max(1, b)) for b in (general.block_c // 2, general.block_c, general.block_c * 2)}):
         for stages in ((2, 3, 4) if bc == general.block_c else (3,)):
             out.append(LaunchConfig(general.block_l, bc, general.num_warps, 0, stages, general.joined))
-    if TB.split_forward_config(L, C, B=B, itemsize=itemsize) is None:
+    if TB.split_forward_config(L, C, itemsize=itemsize) is None:
         return out
     rows = sorted({min(_next_pow2(L), k) for k in (16, 32)})
     for k, stages in itertools.product(rows, (1, 3)):

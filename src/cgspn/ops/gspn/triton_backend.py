@@ -87,7 +87,7 @@ def forward_config(
     return LaunchConfig(bl, bc, warps, 1)
 
 
-def split_forward_config(L: int, C: int, *, B: int = 32, itemsize: int = 2) -> LaunchConfig | None:
+def split_forward_config(L: int, C: int, *, itemsize: int = 2) -> LaunchConfig | None:
     """The split-line forward's tile for lines of length L (None when L needs more than
     ``MAX_SPLIT`` tiles of 32 rows: the general kernel then runs).
 
@@ -121,7 +121,7 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     L, GS = max(H, W), C // G
     general = forward_config(L, C, B=B, shared=GS >= 8)
     if GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
-        split = split_forward_config(L, C, B=B, itemsize=itemsize)
+        split = split_forward_config(L, C, itemsize=itemsize)
         if split is not None and split.split == 1 and _z_tile_width(GS, split.block_c) < split.block_c:
             return split
     return general
