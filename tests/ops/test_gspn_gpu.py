@@ -60,6 +60,31 @@ def test_large_channel_count_per_channel_gates():
     _check(4, 14, 14, 768, 768, None, torch.bfloat16, with_u=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_split_forward_where_the_dispatch_picks_it(dtype):
+    """768 channels in 16 groups of 48 on 14-long lines: the forward runs the split-line kernel."""
+    from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
+
+    assert gspn2d_forward_config(8, 14, 14, 768, 16, dtype.itemsize).split == 1
+    _check(8, 14, 14, 768, 16, None, dtype, with_u=True)
+
+
+@pytest.mark.parametrize("cfg", [(32, 8, 1, 0, 1, 0, 5), (32, 4, 1, 0, 3, 0, 5), (256, 8, 4, 0, 3, 0, 0)],
+                         ids=["split5", "split5-piped", "general-piped"])
+def test_forward_launch_variants_the_sweep_times(cfg):
+    """Launch configs the default does not pick but ``bench op --sweep`` times (the split kernel on
+    147-long lines, Triton-pipelined prefetch): same outputs as the float64 reference."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W, C, G = 2, 147, 147, 64, 16
+    g = torch.Generator(device="cuda").manual_seed(3)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").bfloat16()
+    x, lam, z, u = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").bfloat16(), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C)
+    y, _ = TB.gspn2d_fwd_triton(x, lam, z, u, None, False, TB.LaunchConfig(*cfg[:5], bool(cfg[5]), cfg[6]))
+    yr = gspn2d(x.double(), lam.double(), z.double(), u=u.double(), backend="reference")
+    assert_close("y", y, yr, RATIO[torch.bfloat16], atol=1e-5)
+
+
 def test_line_scan_on_gpu():
     g = torch.Generator(device="cuda").manual_seed(1)
     shape = (2, 16, 37, 53)
