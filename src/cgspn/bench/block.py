@@ -53,6 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-backend", choices=("triton", "reference"), default=None,
                    help="gspn2d backend (default: triton on CUDA, reference on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile every timed module (both blocks alike)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for --compile, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--no-mixer-only", action="store_true", help="skip the mixer-sub-layer timings")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls per case (default: %(default)s)")
     p.add_argument("--iters", type=int, default=20, help="max timed calls per case, median reported (default: %(default)s)")
@@ -80,7 +81,9 @@ def build_blocks(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     return {n: m.to(device=device, dtype=dtype) for n, m in (("vit", vit), ("cgspn", cgspn), ("proj", proj))}
 
 
-def block_functions(mods: dict[str, nn.Module], grid: tuple[int, int], compile_: bool) -> dict[str, Callable]:
+def block_functions(
+    mods: dict[str, nn.Module], grid: tuple[int, int], compile_: bool, compile_mode: str | None = None
+) -> dict[str, Callable]:
     """Callables x -> y for the timed variants: blocks, floor, mixer sub-layers."""
     vit, cg, proj = mods["vit"], mods["cgspn"], mods["proj"]
 
@@ -94,8 +97,8 @@ def block_functions(mods: dict[str, nn.Module], grid: tuple[int, int], compile_:
         "vit_mixer": lambda x: x + vit.attn(vit.norm1(x)),
         "cgspn_mixer": lambda x: x + cg.mixer(cg.norm1(x), grid),
     }
-    if compile_:
-        fns = {k: torch.compile(f) for k, f in fns.items()}
+    if compile_ or compile_mode:
+        fns = {k: torch.compile(f, mode=compile_mode) for k, f in fns.items()}
     return fns
 
 
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for batch, px, mode in itertools.product(args.batches, args.resolutions, args.modes):
         g = px // args.patch
-        fns = block_functions(mods, (g, g), args.compile)
+        fns = block_functions(mods, (g, g), args.compile, args.compile_mode)
         x = torch.randn(batch, g * g, args.dim, device=device, dtype=dtype)
         res = {}
         for name in variants:

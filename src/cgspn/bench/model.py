@@ -51,6 +51,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cgspn-set", dest="cgspn_overrides", action="append", metavar="KEY=VALUE",
                    help="C-GSPN-only argument, e.g. --cgspn-set gate_groups=64 or attn_layers=[8,17,26] (repeatable)")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode for --compile, e.g. reduce-overhead (CUDA graphs: the launch-bound B = 1 case)")
     p.add_argument("--vit-nhwc-embed", action="store_true",
                    help="run the ViT's patch convolution in channels-last memory format, so its token stream is "
                         "contiguous (stock timm leaves it strided; cgspn models always do this)")
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
             if name == vit_name and args.vit_nhwc_embed:
                 use_nhwc_patch_embed(model)
             params[name] = sum(p.numel() for p in model.parameters())
-            runner = torch.compile(model) if args.compile else model
+            runner = torch.compile(model, mode=args.compile_mode) if (args.compile or args.compile_mode) else model
             patch = model_patch(model)
             print(f"# {name}: {params[name] / 1e6:.2f}M parameters, patch {patch}", flush=True)
             for batch in args.batches:
