@@ -3,7 +3,8 @@
 #   bash tools/device_session.sh [BUDGET_S] [STEP ...]
 # Steps (default: tests op block model): tests = every op test on the GPU; op = cgspn bench op;
 # block = cgspn bench block (+ plot); model = cgspn bench model at B = 32 and 1 (+ plot);
-# fwdsweep / bwdsweep = launch-config sweeps of the scan kernels; profile = tools/profile_block.py.
+# fwdsweep / bwdsweep = launch-config sweeps of the scan kernels; profile = tools/profile_block.py;
+# graphs = the B = 1 model benchmark under torch.compile(mode="reduce-overhead") (CUDA graphs).
 # Each step gets what is left of the budget (minus a reserve for the later ones), writes its log and
 # JSON under $OUT (or ./out), and a step cut off by the budget still leaves its partial JSON.
 # Check the device time left first (`status`): a call stops at the session's remaining time.
@@ -33,6 +34,7 @@ for step in "${steps[@]}"; do
     fwdsweep) cmd=(python3 -m cgspn.cli bench op --groups 16,C --dtypes bf16 --sweep --sweep-passes fwd --no-baseline --iters 5 --out "$out/fwd_sweep.json") ;;
     bwdsweep) cmd=(python3 -m cgspn.cli bench op --groups 16,C --dtypes bf16,fp32 --sweep --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
     profile) cmd=(python3 tools/profile_block.py --batch 32 --px 2058 1036 --variants cgspn_mixer cgspn --out "$out/profile_block.json") ;;
+    graphs) cmd=(python3 -m cgspn.cli bench model --batches 1 --resolutions 224 518 1036 --compile-mode reduce-overhead --no-search --out "$out/bench_model_graphs.json") ;;
     *) echo "unknown step $step"; continue ;;
   esac
   timeout "$lim" "${cmd[@]}" > "$out/$step.log" 2>&1
