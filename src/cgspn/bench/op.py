@@ -80,7 +80,8 @@ def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
 
 def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: int = 2) -> list[Any]:
     """Forward launch configs: the general kernel's heuristic config and, with the prefetch left to
-    Triton's software pipeliner (prefetch 0, num_stages 2-4), that and x0.5/x2 channel blocks; then
+    Triton's software pipeliner (prefetch 0, num_stages 2-4), that, x0.5/x2 channel blocks and twice
+    the warps; then
     split-line configs
     (``LaunchConfig.split``) with 16 / 32 rows per tile and at most 6 tiles, channel
     blocks x0.5/x1/x2 of the split heuristic's, one warp, and the prefetch by hand (num_stages 1)
@@ -96,6 +97,8 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
     for bc in sorted({min(cmax, max(1, b)) for b in (general.block_c // 2, general.block_c, general.block_c * 2)}):
         for stages in ((2, 3, 4) if bc == general.block_c else (3,)):
             out.append(LaunchConfig(general.block_l, bc, general.num_warps, 0, stages, general.joined))
+    if general.num_warps < 16:  # the pipelined tile needs fewer registers: try twice the warps
+        out.append(LaunchConfig(general.block_l, general.block_c, 2 * general.num_warps, 0, 3, general.joined))
     if TB.split_forward_config(L, C, itemsize=itemsize) is None:
         return out
     rows = sorted({min(_next_pow2(L), k) for k in (16, 32)})
