@@ -15,7 +15,6 @@ CPU works too (tiny sizes, for checking the script):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
