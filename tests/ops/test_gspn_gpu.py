@@ -69,20 +69,27 @@ def test_split_forward_where_the_dispatch_picks_it(dtype):
     _check(8, 14, 14, 768, 16, None, dtype, with_u=True)
 
 
-@pytest.mark.parametrize("cfg", [(32, 8, 1, 0, 1, 0, 5), (32, 4, 1, 0, 3, 0, 5), (256, 8, 4, 0, 3, 0, 0)],
-                         ids=["split5", "split5-piped", "general-piped"])
-def test_forward_launch_variants_the_sweep_times(cfg):
+@pytest.mark.parametrize("cfg", [(32, 8, 1, 0, 1, 0, 5), (32, 4, 1, 0, 3, 0, 5), (256, 8, 4, 0, 3, 0, 0),
+                                 (32, 8, 4, 1, 1, 0, 5, 1), (32, 4, 2, 2, 1, 0, 5, 1), (32, 16, 8, 1, 1, 0, 5, 1)],
+                         ids=["split5", "split5-piped", "general-piped", "scratch-8c4w", "scratch-4c2w-pf2", "scratch-16c8w"])
+@pytest.mark.parametrize("G,chunk", [(16, None), (64, 7)], ids=["G16", "G64-chunk7"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_forward_launch_variants_the_sweep_times(cfg, G, chunk, dtype):
     """Launch configs the default does not pick but ``bench op --sweep`` times (the split kernel on
-    147-long lines, Triton-pipelined prefetch): same outputs as the float64 reference."""
+    147-long lines, with shuffle or scratch exchange; Triton-pipelined prefetch): y and the saved
+    state h against the float64 reference."""
     from cgspn.ops.gspn import triton_backend as TB
 
-    B, H, W, C, G = 2, 147, 147, 64, 16
+    B, H, W, C = 2, 147, 147, 64
     g = torch.Generator(device="cuda").manual_seed(3)
-    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").bfloat16()
-    x, lam, z, u = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").bfloat16(), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C)
-    y, _ = TB.gspn2d_fwd_triton(x, lam, z, u, None, False, TB.LaunchConfig(*cfg[:5], bool(cfg[5]), cfg[6]))
-    yr = gspn2d(x.double(), lam.double(), z.double(), u=u.double(), backend="reference")
-    assert_close("y", y, yr, RATIO[torch.bfloat16], atol=1e-5)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
+    x, lam, z, u = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C)
+    config = TB.LaunchConfig(*cfg[:5], bool(cfg[5]), cfg[6], bool(cfg[7]) if len(cfg) > 7 else False)
+    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, chunk, True, config)
+    yr = gspn2d(x.double(), lam.double(), z.double(), u=u.double(), chunk=chunk, backend="reference")
+    hr = gspn2d(x.double(), lam.double(), z.double(), chunk=chunk, backend="reference")
+    assert_close("y", y, yr, RATIO[dtype], atol=1e-5)
+    assert_close("h", hs, hr, RATIO[dtype], atol=1e-5)
 
 
 def test_line_scan_on_gpu():

@@ -179,6 +179,14 @@ SPLIT_CASES = [
     ((1, 6, 5, 40, 5, None, True), (2, 16, 1, 4)),  # channel blocks that do not tile C
     ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2)),  # shared gates, 2 warps
     ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 3, 3)),  # loads left to Triton's pipeliner (num_stages 3)
+    # (..., tiles, stages, scratch, prefetch): wrap neighbours through the scratch buffer
+    ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 3, 1, True, 1)),
+    ((2, 5, 7, 8, 8, 3, True), (2, 8, 2, 4, 1, True, 0)),  # windows, no prefetch
+    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1, True, 2)),  # masked channels, prefetch 2
+    ((1, 1, 5, 4, 4, None, True), (2, 4, 1, 3, 1, True, 2)),  # 1 x N
+    ((1, 6, 5, 40, 5, None, True), (2, 16, 1, 4, 1, True, 1)),
+    ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2, 1, True, 1)),  # shared gates
+    ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, True, 2)),  # one tile (R = 1)
 ]
 
 
@@ -195,8 +203,9 @@ def test_split_forward_kernel_matches_reference(case, cfg, lam_logits):
     lam = 2 * torch.randn(B, H, W, 4, C, generator=g)
     z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
     u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
-    rows, bc, warps, tiles, *stages = cfg
-    config = TB.LaunchConfig(rows, bc, warps, 0, stages[0] if stages else 1, False, tiles)
+    rows, bc, warps, tiles, *rest = cfg
+    stages, scratch, prefetch = (rest + [1, False, 0][len(rest):]) if rest else (1, False, 0)
+    config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     y, hs = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam_in, z)), None if u is None else u.to(DEVICE), chunk,
                                  True, config, lam_logits=lam_logits)

@@ -42,6 +42,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch"],
+                   help="forward configs --sweep times: all, or the heuristic's plus the scratch-exchange split kernel's (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
@@ -99,6 +101,7 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
             out.append(LaunchConfig(general.block_l, bc, general.num_warps, 0, stages, general.joined))
     if general.num_warps < 16:  # the pipelined tile needs fewer registers: try twice the warps
         out.append(LaunchConfig(general.block_l, general.block_c, 2 * general.num_warps, 0, 3, general.joined))
+    out += scratch_configs(L, C, B, itemsize)
     if TB.split_forward_config(L, C, itemsize=itemsize) is None:
         return out
     rows = sorted({min(_next_pow2(L), k) for k in (16, 32)})
@@ -109,6 +112,33 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
         base = max(1, min(cmax, (16 // itemsize) * max(1, 32 // k)))
         for bc in sorted({min(cmax, max(1, b)) for b in (base // 2, base, base * 2)}):
             out.append(LaunchConfig(k, bc, 1, 0, stages, False, r))
+    return out
+
+
+def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Split-line forward configs whose wrap-around neighbours go through the scratch buffer
+    (``LaunchConfig.scratch``): tiles of 16 / 32 rows (or the line's power of two when shorter)
+    covering the line in at most 6 tiles, channel blocks around one 16-byte vector per 32 rows
+    (x0.5, x1, x2), 1-8 warps so that a thread holds 1 or 2 elements of a tile, and the prefetch
+    1 or 2 steps ahead by hand.
+    Configs that compile with layout conversions or spills for sm_90 (tools/aot_report.py) are left
+    out: a thread must hold at most one vector of a tile's channels."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    out = []
+    cmax = _next_pow2(C)
+    for k in sorted({min(_next_pow2(L), k) for k in (16, 32)}):
+        r = -(-L // k)
+        if r > 6:
+            continue
+        base = (8 if itemsize <= 2 else 4) * max(1, 32 // k)
+        for bc in sorted({min(cmax, b) for b in (base // 2, base, base * 2)}):
+            for per_thread in (1, 2):
+                warps = k * bc // (32 * per_thread)
+                if not 1 <= warps <= 8:
+                    continue
+                for pf in (1, 2) if per_thread == 2 else (1,):
+                    out.append(LaunchConfig(k, bc, warps, pf, 1, False, r, True))
     return out
 
 
@@ -194,7 +224,11 @@ def run(args: argparse.Namespace) -> int:
                 _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
                 h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
-                cases = [("fwd", cfg) for cfg in sweep_configs(max(H, W), C, B, (C // G) >= 8, dtype.itemsize)] if "fwd" in passes else []
+                if args.sweep_set == "scratch":
+                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + scratch_configs(max(H, W), C, B, dtype.itemsize)
+                else:
+                    fwd_cfgs = sweep_configs(max(H, W), C, B, (C // G) >= 8, dtype.itemsize)
+                cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:

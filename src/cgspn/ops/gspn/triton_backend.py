@@ -46,7 +46,10 @@ class LaunchConfig:
     split: forward only: 0 = the general kernel (one [block_l, block_c] tile per line), R >= 1 =
         the split-line kernel (``triton_split``: R tiles of [block_l, block_c], block_l <= 32 rows on
         the lanes of a warp, neighbours by shuffle; prefetch and joined do not apply, num_stages >= 2
-        hands the prefetch to Triton's software pipeliner).
+        hands the prefetch to Triton's software pipeliner);
+    scratch: split-line kernel only: the two wrap-around neighbours go through a small fp32
+        buffer with one barrier per step instead of warp shuffles, so the tiles may span
+        ``num_warps`` warps (fewer elements per thread); ``prefetch`` (0-2) then applies.
     """
 
     block_l: int
@@ -56,6 +59,7 @@ class LaunchConfig:
     num_stages: int = 1
     joined: bool = False
     split: int = 0
+    scratch: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -282,10 +286,18 @@ def gspn2d_fwd_launch(
         return None, y, hs
     _check_offsets(x=x, lam=lam, z=z, u=u, y=y)
     cfg = config if config is not None else gspn2d_forward_config(B, H, W, C, G, x.element_size())
+    if cfg.split and cfg.split * cfg.block_l < max(H, W):
+        raise ValueError(
+            f"gspn2d (triton): LaunchConfig(split={cfg.split}, block_l={cfg.block_l}) covers lines of "
+            f"{cfg.split * cfg.block_l} positions, the input's are up to {max(H, W)} (H={H}, W={W})"
+        )
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     zs, z_strides = _z_views(z)
+    outs: tuple[torch.Tensor, ...] = (y, hs if hs is not None else y)
+    if cfg.split and cfg.scratch:  # per program: 2 buffers x 2 wrap tiles of [block_l, block_c] fp32
+        outs += (torch.empty(grid[0] * 4 * cfg.block_l * cfg.block_c, dtype=torch.float32, device=x.device),)
     args = (
-        x, lam, *zs, u if u is not None else y, y, hs if hs is not None else y,
+        x, lam, *zs, u if u is not None else y, *outs,
         H, W, C, C // G, ck, nchunk, ncb, *x.stride(), *y.stride(), *lam.stride(), *z_strides,
     )
     meta: dict[str, Any] = dict(
@@ -293,7 +305,7 @@ def gspn2d_fwd_launch(
         ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     if cfg.split:
-        kernel = split_forward_kernel(cfg.split, cfg.num_stages)
+        kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch, cfg.prefetch if cfg.scratch else 1)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_fwd_kernel

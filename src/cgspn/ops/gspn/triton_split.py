@@ -47,33 +47,45 @@ _SIGNATURE = (
 )
 
 
-def split_forward_source(R: int, stages: int = 1) -> str:
+def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1) -> str:
     """Source of the forward kernel for lines split into R tiles (see the module docstring).
 
-    ``stages`` <= 1: the next step's inputs are loaded into registers one step ahead (by hand);
-    >= 2: each step loads its own inputs and the loop is ``tl.range(..., num_stages=stages)``, so
-    Triton's software pipeliner may stage the loads ahead through shared memory instead.
+    ``stages`` <= 1: the inputs are loaded into registers ``prefetch`` (0, 1 or 2) steps ahead of
+    the math, by hand; >= 2: each step loads its own inputs and the loop is
+    ``tl.range(..., num_stages=stages)``, so Triton's software pipeliner may stage the loads ahead
+    through shared memory instead.
+    ``scratch``: the two wrap-around neighbours (tile R-1 shifted down a row for tile 0, tile 0
+    shifted up a row for tile R-1) go through a small per-program fp32 buffer ``SCR`` (double
+    buffered, one barrier per step) instead of warp shuffles, so a tile may span several warps
+    (``num_warps`` > 1) and a thread holds fewer elements. Not combinable with ``stages`` >= 2
+    (the pipeliner would hoist the buffer's loads above the barrier).
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
     piped = stages >= 2
+    if piped and scratch:
+        raise ValueError("scratch exchange cannot be combined with Triton's pipelining (stages >= 2)")
+    if not 0 <= prefetch <= 2:
+        raise ValueError(f"prefetch must be 0, 1 or 2, got {prefetch}")
+    depth = 0 if piped else prefetch
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def gspn_fwd_split_r{R}{'_s%d' % stages if piped else ''}({_SIGNATURE}):")
+    a(f"def {_kernel_name(R, stages, scratch, prefetch)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
     a("    pid = tl.program_id(0)")
     a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
     a("    if n <= 0:")
     a("        return")
+    # offsets inside one batch item fit in 32 bits (the launcher checks): only the base is 64-bit
     for name, row, col in (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc")):
         a(f"    {name}_line = tl.where(is_col, {row}, {col})")
-        a(f"    {name}_scan = tl.where(is_col, {col}, {row}).to(tl.int64)")
+        a(f"    {name}_scan = tl.where(is_col, {col}, {row})")
     a("    step = tl.where(rev, -1, 1)")
     a("    first = tl.where(rev, start + n - 1, start)")
     a("    b64 = b.to(tl.int64)")
     a("    kk = tl.arange(0, BLOCK_K)")
     a("    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)")
-    a("    if EVEN_C:  # C % BLOCK_C == 0: row masks only, so loads and stores stay 16-byte vectors")
+    a("    if EVEN_C:  # C % BLOCK_C == 0: row masks only, so loads and stores stay vectors")
     a("        chm = tl.full([1, BLOCK_C], 1, tl.int1)")
     a("    else:")
     a("        chm = (ch < C)[None, :]")
@@ -96,6 +108,12 @@ def split_forward_source(R: int, stages: int = 1) -> str:
     a("    hb = HS + b64 * spb + d * spd")
     for k in (1, 2, 3):
         a(f"    z{k}b = Z{k} + b64 * szb + d * szd")
+    if scratch:
+        a("    KC: tl.constexpr = BLOCK_K * BLOCK_C")
+        a("    sb = SCR + pid.to(tl.int64) * (4 * KC)")
+        a("    so = kk[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
+        a("    up_ok = (kk > 0)[:, None]")
+        a("    dn_ok = (kk < BLOCK_K - 1)[:, None]")
     for r in tiles:
         a(f"    i{r} = kk * {R} + {r}")
         a(f"    ok{r} = (i{r} < L)[:, None]")
@@ -109,38 +127,52 @@ def split_forward_source(R: int, stages: int = 1) -> str:
         a(f"    zo{r} = i{r}[:, None] * z_line + zch[None, :] * szg")
         a(f"    h{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
 
-    def loads(pos: str, sfx: str, ind: str) -> None:
+    def loads(pos: str, sfx: str, ind: str, ok: str = "") -> None:
         a(f"{ind}xs = xb + {pos} * x_scan")
         a(f"{ind}ls = lb + {pos} * l_scan")
         a(f"{ind}us = ub + {pos} * l_scan")
         a(f"{ind}zs = {pos} * z_scan")
         for r in tiles:
-            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r}, mask=m{r}, other=0.0)")
-            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r}, mask=m{r}, other=0.0)")
+            m, zm = (f"m{r} & {ok}", f"zm{r} & {ok}") if ok else (f"m{r}", f"zm{r}")
+            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r}, mask={m}, other=0.0)")
+            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r}, mask={m}, other=0.0)")
             for k in (1, 2, 3):
-                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r}, mask=zm{r}, other=0.0)")
+                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r}, mask={zm}, other=0.0)")
             a(f"{ind}if HAS_U:")
-            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r}, mask=m{r}, other=0.0)")
+            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r}, mask={m}, other=0.0)")
             a(f"{ind}else:")
             a(f"{ind}    u{sfx}{r} = l{sfx}{r}")
 
+    # buffers: "c" is the step being computed; "p1", "p2" the ones loaded 1 and 2 steps ahead
+    ahead = ["c", "p1", "p2"][: depth + 1]
     if piped:
         a(f"    for t in tl.range(0, n, num_stages={stages}):")
-        a("        pos = (first + step * t).to(tl.int64)")
+        a("        pos = first + step * t")
         loads("pos", "c", "        ")
     else:
-        loads("first.to(tl.int64)", "c", "    ")
+        for j in range(depth):
+            loads(f"(first + step * {j})", ahead[j], "    ", f"({j} < n)" if j else "")
         a("    for t in range(0, n):")
-        a("        pos = (first + step * t).to(tl.int64)")
-        a("        posn = (first + step * tl.minimum(t + 1, n - 1)).to(tl.int64)")
-        loads("posn", "n", "        ")
+        a("        pos = first + step * t")
+        if depth == 0:
+            loads("pos", "c", "        ")
+        else:
+            a(f"        posn = first + step * (t + {depth})")
+            loads("posn", ahead[depth], "        ", f"(t + {depth} < n)")
     for r in tiles:
         a(f"        g1_{r}, g2_{r}, g3_{r}, _s1, _s2, _s3, _inv = _gates(z1c{r}.to(tl.float32), z2c{r}.to(tl.float32), "
           f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM)")
         for k in (1, 2, 3):
             a(f"        g{k}_{r} = _expand(g{k}_{r}, ZW, BLOCK_K, BLOCK_C)")
-    a(f"        up0 = _shift_prev(h{R - 1}, kk, BLOCK_K, BLOCK_C)")
-    a(f"        dn{R - 1} = _shift_next(h0, kk, BLOCK_K, BLOCK_C)")
+    if scratch:
+        # written at step t-1 into buffer (t-1) % 2, before that step's barrier
+        a("        prv = sb + ((t + 1) % 2) * (2 * KC)")
+        a("        started = t > 0")
+        a("        up0 = tl.load(prv + so - BLOCK_C, mask=up_ok & started, other=0.0)")
+        a(f"        dn{R - 1} = tl.load(prv + {'KC + ' if R > 1 else ''}so + BLOCK_C, mask=dn_ok & started, other=0.0)")
+    else:
+        a(f"        up0 = _shift_prev(h{R - 1}, kk, BLOCK_K, BLOCK_C)")
+        a(f"        dn{R - 1} = _shift_next(h0, kk, BLOCK_K, BLOCK_C)")
     for r in tiles:
         up = "up0" if r == 0 else f"h{r - 1}"
         dn = f"dn{R - 1}" if r == R - 1 else f"h{r + 1}"
@@ -155,18 +187,32 @@ def split_forward_source(R: int, stages: int = 1) -> str:
         a(f"            tl.store(ys + po{r}, h{r}.to(Y.dtype.element_ty), mask=m{r})")
         a("        if SAVE_H:")
         a(f"            tl.store(hs + po{r}, h{r}.to(HS.dtype.element_ty), mask=m{r})")
-        if not piped:
-            a(f"        xc{r}, lc{r}, z1c{r}, z2c{r}, z3c{r}, uc{r} = xn{r}, ln{r}, z1n{r}, z2n{r}, z3n{r}, un{r}")
+    if scratch:
+        a("        cur = sb + (t % 2) * (2 * KC)")
+        a(f"        tl.store(cur + so, h{R - 1})")
+        if R > 1:
+            a("        tl.store(cur + KC + so, h0)")
+        a("        tl.debug_barrier()")
+    for j in range(depth):
+        names = ", ".join(f"{v}{ahead[j]}{r}" for r in tiles for v in ("x", "l", "z1", "z2", "z3", "u"))
+        nxt = ", ".join(f"{v}{ahead[j + 1]}{r}" for r in tiles for v in ("x", "l", "z1", "z2", "z3", "u"))
+        a(f"        {names} = {nxt}")
     return "\n".join(s) + "\n"
 
 
+def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int) -> str:
+    if stages >= 2:
+        return f"gspn_fwd_split_r{R}_s{stages}"
+    return f"gspn_fwd_split_r{R}{'_scr' if scratch else ''}_p{prefetch}"
+
+
 @functools.lru_cache(maxsize=None)
-def split_forward_kernel(R: int, stages: int = 1):
+def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1):
     """The jitted forward kernel for lines split into R tiles (compiled by Triton on first launch);
-    ``stages`` as in :func:`split_forward_source`."""
+    arguments as in :func:`split_forward_source`."""
     stages = max(1, int(stages))
-    src = split_forward_source(R, stages)
-    filename = f"<cgspn.ops.gspn.triton_split: forward, R={R}, stages={stages}>"
+    src = split_forward_source(R, stages, scratch, prefetch)
+    filename = f"<cgspn.ops.gspn.triton_split: forward, R={R}, stages={stages}, scratch={scratch}, prefetch={prefetch}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {
         "tl": tl,
@@ -179,4 +225,4 @@ def split_forward_kernel(R: int, stages: int = 1):
         "_shift_next": K._shift_next,
     }
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[f"gspn_fwd_split_r{R}{'_s%d' % stages if stages >= 2 else ''}"])
+    return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch)])
