@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             launches += [("bwd", gspn2d_bwd_launch(mk(B, H, W, 4, C), x, lam, z, u, mk(B, H, W, 4, C), None,
                                                    c, args.lam_logits)[0]) for c in bwd_cfgs]
         for which, launch in launches:
+            if "FAST" in launch.meta:  # meta tensors are not CUDA, but the target is: the CUDA fast math
+                launch.meta["FAST"] = True
             r = {"shape": [B, H, W, C], "G": G, "dtype": args.dtype, "pass": which, **compile_report(launch, args.arch)}
             reports.append(r)
             cfg_txt = {k: v for k, v in r["meta"].items() if k.isupper() and k.startswith(("BLOCK", "PREFETCH", "NUM_STAGES", "JOINED", "ZW"))}

@@ -117,27 +117,27 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
 
 def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Split-line forward configs whose wrap-around neighbours go through the scratch buffer
-    (``LaunchConfig.scratch``): tiles of 16 / 32 rows (or the line's power of two when shorter)
-    covering the line in at most 6 tiles, channel blocks around one 16-byte vector per 32 rows
-    (x0.5, x1, x2), 1-8 warps so that a thread holds 1 or 2 elements of a tile, and the prefetch
-    1 or 2 steps ahead by hand.
-    Configs that compile with layout conversions or spills for sm_90 (tools/aot_report.py) are left
-    out: a thread must hold at most one vector of a tile's channels."""
+    (``LaunchConfig.scratch``): tiles of 16 / 32 / 64 rows (at most the line's power of two)
+    covering the line in at most 6 tiles; channel blocks of 8 / 16 / 32 (2 / 4 / 8 below 8 batch
+    items, where programs are few), halved for fp32; 2-16 warps so that a thread holds 1 or 2
+    elements of a tile; the prefetch 1 or 2 steps ahead by hand."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
 
     out = []
     cmax = _next_pow2(C)
-    for k in sorted({min(_next_pow2(L), k) for k in (16, 32)}):
-        r = -(-L // k)
-        if r > 6:
+    bcs = (8, 16, 32) if B >= 8 else (2, 4, 8)
+    if itemsize >= 4:
+        bcs = tuple(max(1, b // 2) for b in bcs)
+    for k in (16, 32, 64):
+        if k > max(16, _next_pow2(L)) or -(-L // k) > 6:
             continue
-        base = (8 if itemsize <= 2 else 4) * max(1, 32 // k)
-        for bc in sorted({min(cmax, b) for b in (base // 2, base, base * 2)}):
+        r = -(-L // k)
+        for bc in sorted({min(cmax, b) for b in bcs}):
             for per_thread in (1, 2):
                 warps = k * bc // (32 * per_thread)
-                if not 1 <= warps <= 8:
+                if not 2 <= warps <= 16:
                     continue
-                for pf in (1, 2) if per_thread == 2 else (1,):
+                for pf in (1, 2):
                     out.append(LaunchConfig(k, bc, warps, pf, 1, False, r, True))
     return out
 

@@ -190,6 +190,12 @@ def _backward_config_long(L: int, C: int, GS: int, B: int, itemsize: int) -> Lau
     return LaunchConfig(bl, bc, warps, prefetch, 1, joined)
 
 
+def _fast_math(t: torch.Tensor) -> bool:
+    """The kernels' sigmoids and reciprocals use the approximate PTX instructions (ex2 / rcp
+    .approx.ftz, ~1e-7 relative) on CUDA; the Triton interpreter (CPU) runs the IEEE versions."""
+    return t.device.type == "cuda"
+
+
 def _channels_unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -302,7 +308,7 @@ def gspn2d_fwd_launch(
     )
     meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
-        ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
     )
     if cfg.split:
         kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch, cfg.prefetch if cfg.scratch else 1)
@@ -377,7 +383,7 @@ def gspn2d_bwd_launch(
     meta = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
         NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=_z_tile_width(GS, cfg.block_c),
-        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
     )
 
     def grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:

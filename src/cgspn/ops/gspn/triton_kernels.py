@@ -83,27 +83,51 @@ def _shift_pair(a, b, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, JOINED:
 
 
 @triton.jit
-def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr):
+def _rcp(x, FAST: tl.constexpr):
+    """1 / x in fp32; FAST (CUDA only): one ``rcp.approx.ftz`` (1 ulp), not the IEEE division."""
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _sigmoid(x, FAST: tl.constexpr):
+    """sigmoid(x) in fp32; FAST (CUDA only): 1 / (1 + 2^(-x log2 e)) with ``ex2.approx.ftz`` (2^-22
+    relative) and ``rcp.approx.ftz``: 4 instructions instead of the ~10 of the denormal-safe
+    ``tl.sigmoid`` (the gates and lam are sigmoids of every element, so this is a large part of the
+    kernels' instruction budget; docs/design.md)."""
+    if FAST:
+        e = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * -1.4426950408889634],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        return _rcp(1.0 + e, FAST)
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
+def _gates(z1, z2, z3, has_prev, has_next, row_ok, NORM: tl.constexpr, FAST: tl.constexpr = False):
     """Normalised gates (g1, g2, g3) and the sigmoid values / sum needed by the backward."""
     if NORM:
-        s1 = tl.sigmoid(z1)
-        s2 = tl.sigmoid(z2)
-        s3 = tl.sigmoid(z3)
+        s1 = _sigmoid(z1, FAST)
+        s2 = _sigmoid(z2, FAST)
+        s3 = _sigmoid(z3, FAST)
         s1 = tl.where(has_prev, s1, 0.0)
         s2 = tl.where(row_ok, s2, 0.0)
         s3 = tl.where(has_next, s3, 0.0)
         ssum = tl.maximum(s1 + s2 + s3, 1e-7)
-        inv = 1.0 / ssum
+        inv = _rcp(ssum, FAST)
         return s1 * inv, s2 * inv, s3 * inv, s1, s2, s3, inv
     else:
         return z1, z2, z3, z1, z2, z3, z1
 
 
 @triton.jit
-def _lam(lv, LAM_SIG: tl.constexpr):
+def _lam(lv, LAM_SIG: tl.constexpr, FAST: tl.constexpr = False):
     """The input gate in fp32: sigmoid of the loaded logits when LAM_SIG, else the loaded value."""
     if LAM_SIG:
-        return tl.sigmoid(lv.to(tl.float32))
+        return _sigmoid(lv.to(tl.float32), FAST)
     else:
         return lv.to(tl.float32)
 
@@ -200,7 +224,7 @@ def gspn_fwd_kernel(
     szb, szr, szc, szd, szg,
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr, LAM_SIG: tl.constexpr,
     PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZW: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr = False,
 ):
     """Forward scan. x: X[b, r, c, ch]; lam/u: LAM[b, r, c, d, ch] (strides sl*); outputs Y/HS
     (strides sp*); logits Zk[b, r, c, d, g]. Inputs may be strided views (e.g. slices of one GEMM).
@@ -240,12 +264,12 @@ def gspn_fwd_kernel(
             xn, ln, z1n, z2n, z3n, un = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan,
                                                    z_scan, pos + PREFETCH * step, mask & okn, zmask & okn, HAS_U)
         g1, g2, g3, _s1, _s2, _s3, _inv = _gates(
-            z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
+            z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM, FAST
         )
         g1 = _expand(g1, ZW, BLOCK_L, BLOCK_C)
         g2 = _expand(g2, ZW, BLOCK_L, BLOCK_C)
         g3 = _expand(g3, ZW, BLOCK_L, BLOCK_C)
-        inp = _lam(lv, LAM_SIG) * xv.to(tl.float32)
+        inp = _lam(lv, LAM_SIG, FAST) * xv.to(tl.float32)
         h_up, h_dn = _shift_pair(h, h, idx, BLOCK_L, BLOCK_C, JOINED)
         h = inp + g1 * h_up + g2 * h + g3 * h_dn
         h = tl.where(mask, h, 0.0)
@@ -296,6 +320,7 @@ def gspn_bwd_kernel(
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr,
     GROUP_MODE: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
     PREFETCH: tl.constexpr, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    FAST: tl.constexpr = False,
 ):
     """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
     tensors). Writes DXD (per-direction lam*dh, x's grad before the sum over directions), DLAM,
@@ -359,9 +384,9 @@ def gspn_bwd_kernel(
         dh = dyh + q3_up + q2 + q1_dn
         dh = tl.where(mask, dh, 0.0)
         g1, g2, g3, s1, s2, s3, inv = _gates(
-            z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM
+            z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM, FAST
         )
-        lamv = _lam(lv, LAM_SIG)
+        lamv = _lam(lv, LAM_SIG, FAST)
         dlamv = xv.to(tl.float32) * dh
         if LAM_SIG:  # gradient w.r.t. the logit
             dlamv = dlamv * lamv * (1.0 - lamv)

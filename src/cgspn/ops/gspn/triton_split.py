@@ -43,7 +43,7 @@ _SIGNATURE = (
     "X, LAM, Z1, Z2, Z3, U, Y, HS, H, W, C, GS, CHUNK, NCHUNK, NCB, "
     "sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, "
     "NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr, LAM_SIG: tl.constexpr, "
-    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr"
+    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr"
 )
 
 
@@ -91,16 +91,16 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     a("        chm = (ch < C)[None, :]")
     a("    if ZW == 1:")
     a("        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)")
-    a("        zchm = tl.full([1, 1], 1, tl.int1)")
     a("    elif ZW < BLOCK_C:")
     a("        zch = cb * ZW + tl.arange(0, ZW)")
-    a("        if EVEN_C:")
-    a("            zchm = tl.full([1, ZW], 1, tl.int1)")
-    a("        else:")
-    a("            zchm = (zch * (BLOCK_C // ZW) < C)[None, :]")
     a("    else:")
     a("        zch = ch // GS")
-    a("        zchm = chm")
+    a("    if EVEN_C:")
+    a("        chl = ch")
+    a("        zchl = zch")
+    a("    else:  # loads of the padding channels read channel C - 1 (their results are masked)")
+    a("        chl = tl.minimum(ch, C - 1)")
+    a("        zchl = tl.minimum(zch, (C - 1) // GS)")
     a("    xb = X + b64 * sxb")
     a("    lb = LAM + b64 * slb + d * sld")
     a("    ub = U + b64 * slb + d * sld")
@@ -118,28 +118,31 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
         a(f"    i{r} = kk * {R} + {r}")
         a(f"    ok{r} = (i{r} < L)[:, None]")
         a(f"    m{r} = ok{r} & chm")
-        a(f"    zm{r} = ok{r} & zchm")
         a(f"    hp{r} = ((i{r} > 0) & (i{r} < L))[:, None]")
         a(f"    hn{r} = (i{r} < L - 1)[:, None]")
-        a(f"    xo{r} = i{r}[:, None] * x_line + ch[None, :] * sxch")
-        a(f"    lo{r} = i{r}[:, None] * l_line + ch[None, :] * slch")
+        a(f"    il{r} = tl.minimum(i{r}, L - 1)[:, None]")
+        a(f"    xo{r} = il{r} * x_line + chl[None, :] * sxch")
+        a(f"    lo{r} = il{r} * l_line + chl[None, :] * slch")
         a(f"    po{r} = i{r}[:, None] * p_line + ch[None, :] * spch")
-        a(f"    zo{r} = i{r}[:, None] * z_line + zch[None, :] * szg")
+        a(f"    zo{r} = il{r} * z_line + zchl[None, :] * szg")
         a(f"    h{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
 
-    def loads(pos: str, sfx: str, ind: str, ok: str = "") -> None:
+    def loads(pos: str, sfx: str, ind: str) -> None:
         a(f"{ind}xs = xb + {pos} * x_scan")
         a(f"{ind}ls = lb + {pos} * l_scan")
         a(f"{ind}us = ub + {pos} * l_scan")
         a(f"{ind}zs = {pos} * z_scan")
+        # unmasked: padding rows and channels read the line's last row / the last channel (the
+        # offsets are clamped), so no predicate or zeroing instruction per load; the gates are
+        # masked after the sigmoid and the new state with ``m`` below, so those values never reach
+        # a stored or neighbouring element
         for r in tiles:
-            m, zm = (f"m{r} & {ok}", f"zm{r} & {ok}") if ok else (f"m{r}", f"zm{r}")
-            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r}, mask={m}, other=0.0)")
-            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r}, mask={m}, other=0.0)")
+            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r})")
+            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r})")
             for k in (1, 2, 3):
-                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r}, mask={zm}, other=0.0)")
+                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r})")
             a(f"{ind}if HAS_U:")
-            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r}, mask={m}, other=0.0)")
+            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r})")
             a(f"{ind}else:")
             a(f"{ind}    u{sfx}{r} = l{sfx}{r}")
 
@@ -151,17 +154,17 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
         loads("pos", "c", "        ")
     else:
         for j in range(depth):
-            loads(f"(first + step * {j})", ahead[j], "    ", f"({j} < n)" if j else "")
+            loads(f"(first + step * tl.minimum({j}, n - 1))", ahead[j], "    ")
         a("    for t in range(0, n):")
         a("        pos = first + step * t")
         if depth == 0:
             loads("pos", "c", "        ")
         else:
-            a(f"        posn = first + step * (t + {depth})")
-            loads("posn", ahead[depth], "        ", f"(t + {depth} < n)")
+            a(f"        posn = first + step * tl.minimum(t + {depth}, n - 1)  # past the window: re-read the last line")
+            loads("posn", ahead[depth], "        ")
     for r in tiles:
         a(f"        g1_{r}, g2_{r}, g3_{r}, _s1, _s2, _s3, _inv = _gates(z1c{r}.to(tl.float32), z2c{r}.to(tl.float32), "
-          f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM)")
+          f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM, FAST)")
         for k in (1, 2, 3):
             a(f"        g{k}_{r} = _expand(g{k}_{r}, ZW, BLOCK_K, BLOCK_C)")
     if scratch:
@@ -176,11 +179,11 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     for r in tiles:
         up = "up0" if r == 0 else f"h{r - 1}"
         dn = f"dn{R - 1}" if r == R - 1 else f"h{r + 1}"
-        a(f"        nh{r} = _lam(lc{r}, LAM_SIG) * xc{r}.to(tl.float32) + g1_{r} * {up} + g2_{r} * h{r} + g3_{r} * {dn}")
+        a(f"        nh{r} = _lam(lc{r}, LAM_SIG, FAST) * xc{r}.to(tl.float32) + g1_{r} * {up} + g2_{r} * h{r} + g3_{r} * {dn}")
     a("        ys = yb + pos * p_scan")
     a("        hs = hb + pos * p_scan")
     for r in tiles:
-        a(f"        h{r} = nh{r}")
+        a(f"        h{r} = tl.where(m{r}, nh{r}, 0.0)")
         a("        if HAS_U:")
         a(f"            tl.store(ys + po{r}, (h{r} * uc{r}.to(tl.float32)).to(Y.dtype.element_ty), mask=m{r})")
         a("        else:")
