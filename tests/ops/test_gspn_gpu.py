@@ -121,3 +121,27 @@ def test_no_nan_over_long_lines_bf16():
     yr = gspn2d(x.double(), lam.double(), z.double(), backend="reference")
     assert torch.isfinite(y).all()
     assert_close("y", y, yr, 2e-2)
+
+
+@pytest.mark.parametrize("cfg", [(32, 8, 8, 0, 5), (32, 16, 8, 1, 5), (64, 8, 16, 0, 3), (32, 16, 16, 1, 5)],
+                         ids=["8c8w", "16c8w-pf1", "64rows", "16c16w"])
+@pytest.mark.parametrize("G,chunk", [(16, None), (64, 7), (1, None)], ids=["G16", "G64-chunk7", "G1"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_split_backward_launch_variants(cfg, G, chunk, dtype):
+    """The split-line backward (scratch exchange) that ``bench op --sweep --sweep-set scratch``
+    times: every gradient against the float64 reference's autograd."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W, C = 2, 147, 147, 64
+    g = torch.Generator(device="cuda").manual_seed(5)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
+    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    k, bc, warps, pf, r = cfg
+    h = gspn2d(x, lam, z, chunk=chunk)
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True))
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())
+    ratio = RATIO[dtype]
+    floor = ratio * want[1].abs().max().item()
+    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+        assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))

@@ -43,7 +43,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
     p.add_argument("--sweep-set", default="all", choices=["all", "scratch"],
-                   help="forward configs --sweep times: all, or the heuristic's plus the scratch-exchange split kernel's (default: %(default)s)")
+                   help="configs --sweep times: all, or the heuristic's plus the scratch-exchange split kernels' (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
@@ -142,6 +142,29 @@ def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]
     return out
 
 
+def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Split-line backward configs (always the scratch exchange): the rows and tiles of
+    :func:`scratch_configs`, channel blocks of 8 / 16 / 32 (2 / 4 / 8 below 8 batch items; halved
+    for fp32), 2-16 warps so that a thread holds 1 or 2 elements of a tile, prefetch 0 or 1."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    out = []
+    cmax = _next_pow2(C)
+    bcs = (8, 16, 32) if B >= 8 else (2, 4, 8)
+    if itemsize >= 4:
+        bcs = tuple(max(1, b // 2) for b in bcs)
+    for k in (16, 32, 64):
+        if k > max(16, _next_pow2(L)) or -(-L // k) > 6:
+            continue
+        r = -(-L // k)
+        for bc in sorted({min(cmax, b) for b in bcs}):
+            for per_thread in (1, 2):
+                warps = k * bc // (32 * per_thread)
+                if 2 <= warps <= 16:
+                    out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for pf in (0, 1)]
+    return out
+
+
 def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Backward launch configs around the heuristic's: channel block x0.5/x1/x2, 4/8/16 warps,
     prefetch 0/1 (prefetching ten step inputs doubles the live registers, which spills in fp32),
@@ -232,7 +255,12 @@ def run(args: argparse.Namespace) -> int:
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    bwd_cases = [("bwd", cfg) for cfg in sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)]
+                    if args.sweep_set == "scratch":
+                        bwd_cfgs = [TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0]]
+                        bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize)
+                    else:
+                        bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
+                    bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]
                     cases += bwd_cases[: args.sweep_limit] if args.sweep_limit > 0 else bwd_cases
                 want = {"fwd": [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]],
                         "bwd": [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk) if t is not None]}

@@ -11,13 +11,14 @@ from typing import Any, Callable
 import torch
 
 from . import triton_kernels as K
-from .triton_split import MAX_SPLIT, split_forward_kernel
+from .triton_split import MAX_SPLIT, split_backward_kernel, split_forward_kernel
 
 __all__ = [
     "LaunchConfig",
     "forward_config",
     "split_forward_config",
     "gspn2d_forward_config",
+    "scratch_forward_config",
     "backward_config",
     "KernelLaunch",
     "gspn2d_fwd_launch",
@@ -113,16 +114,49 @@ def split_forward_config(L: int, C: int, *, itemsize: int = 2) -> LaunchConfig |
     return LaunchConfig(k, bc, 1, 0, 1, False, r)
 
 
+def scratch_forward_config(B: int, L: int, C: int, itemsize: int) -> LaunchConfig | None:
+    """The split-line forward with the scratch exchange for lines of 33-384 positions (None
+    otherwise), from the H200 sweeps ``docs/results/scratch_sweep2/`` (B = 32, 74 x 74 and
+    147 x 147, C = 64; 14 x 14 x 768; B = 1):
+
+    * tiles of 32 rows (16 for lines of at most 96, so that 74 pads to 80; 64 beyond 192), so a line
+      is at most 6 tiles;
+    * the widest channel block of 32 / 16 / 8 / 4 / 2 (fp32: 16 / 8 / 4 / 2 / 1) that still gives
+      at least one program per SM (B x 4 directions x channel blocks >= 132);
+    * 2 elements of a tile per thread (warps = rows x channels / 64, 2 to 16), the prefetch 2 steps
+      ahead below 16 warps and 1 step at 16 (the 128-register cap of 512 threads).
+    Best swept or within 10% of it on the B = 32 shapes: 147 x 147 bf16 0.64 ms (52% of copy, the
+    general kernel 1.72 ms), fp32 1.73 ms; 74 x 74 bf16 0.28 ms (the general kernel 0.51 ms).
+    """
+    if L <= 32 or L > 6 * 64:
+        return None
+    k = 16 if L <= 96 else 32 if L <= 192 else 64
+    r = -(-L // k)
+    widths = (32, 16, 8, 4, 2) if itemsize <= 2 else (16, 8, 4, 2, 1)
+    cmax = _next_pow2(C)
+    bc = widths[-1]
+    for w in widths:
+        if B * 4 * -(-C // min(w, cmax)) >= _SM_COUNT_GUESS:
+            bc = min(w, cmax)
+            break
+    warps = max(2, min(16, k * bc // 64))
+    return LaunchConfig(k, bc, warps, 1 if warps >= 16 else 2, 1, False, r, True)
+
+
 def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int) -> LaunchConfig:
     """The launch configuration gspn2d's forward uses.
 
-    The general kernel (:func:`forward_config`), except where the split-line kernel measured faster
-    on the H200 (docs/benchmarks.md, "split-line forward"): short lines (one tile of <= 32 rows)
-    with gate groups that do not tile the general kernel's channel block, which would make it
-    normalise the gates once per channel (e.g. 768 channels in 16 groups of 48: 1.6-1.8x). On long
-    lines the split kernel is 2-3x slower (one 255-register warp per program), so it is not used.
+    Lines of 33-384 positions: the split-line kernel with the scratch exchange
+    (:func:`scratch_forward_config`; 1.8-2.7x the general kernel on the H200). Shorter lines: the
+    general kernel (:func:`forward_config`), except where the shuffle split-line kernel measured
+    faster: one tile of <= 32 rows with gate groups that do not tile the general kernel's channel
+    block, which would make it normalise the gates once per channel (e.g. 768 channels in 16
+    groups of 48: 1.6-1.8x). Longer lines: the general kernel.
     """
     L, GS = max(H, W), C // G
+    scratch = scratch_forward_config(B, L, C, itemsize)
+    if scratch is not None:
+        return scratch
     general = forward_config(L, C, B=B, shared=GS >= 8)
     if GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
         split = split_forward_config(L, C, itemsize=itemsize)
@@ -376,15 +410,29 @@ def gspn2d_bwd_launch(
     else:
         dz_buf = torch.empty_like(z)
     zs, z_strides = _z_views(z)
+    outs: tuple[torch.Tensor, ...] = (dxd, dlam, du if du is not None else dlam, dz_buf)
+    if cfg.split:
+        if cfg.split * cfg.block_l < max(H, W):
+            raise ValueError(
+                f"gspn2d (triton): LaunchConfig(split={cfg.split}, block_l={cfg.block_l}) covers lines of "
+                f"{cfg.split * cfg.block_l} positions, the input's are up to {max(H, W)} (H={H}, W={W})"
+            )
+        # the split backward always exchanges through the scratch: 2 buffers x 2 wrap tiles, fp32
+        outs += (torch.empty(grid[0] * 4 * cfg.block_l * cfg.block_c, dtype=torch.float32, device=x.device),)
     args = (
-        x, lam, *zs, u if u is not None else dy, h, dy, dxd, dlam, du if du is not None else dlam, dz_buf,
+        x, lam, *zs, u if u is not None else dy, h, dy, *outs,
         H, W, C, GS, ck, nchunk, ncb, *x.stride(), *dy.stride(), *lam.stride(), *z_strides, *dz_buf.stride(),
     )
-    meta = dict(
+    meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
-        NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, ZW=_z_tile_width(GS, cfg.block_c),
-        BLOCK_L=cfg.block_l, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
+        ZW=_z_tile_width(GS, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
     )
+    if cfg.split:
+        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch))
+        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
+    else:
+        kernel = K.gspn_bwd_kernel
+        meta.update(NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l)
 
     def grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
@@ -396,7 +444,7 @@ def gspn2d_bwd_launch(
             dz = dz_buf
         return dx, dlam, dz, du
 
-    return KernelLaunch(K.gspn_bwd_kernel, grid, args, meta), grads
+    return KernelLaunch(kernel, grid, args, meta), grads
 
 
 def gspn2d_bwd_triton(

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from . import triton_kernels as K
 
-__all__ = ["split_forward_kernel", "split_forward_source", "MAX_SPLIT"]
+__all__ = ["split_forward_kernel", "split_forward_source", "split_backward_kernel", "split_backward_source", "MAX_SPLIT"]
 
 MAX_SPLIT = 12  # most tiles per line (register budget); longer lines use the general kernel
 
@@ -229,3 +229,226 @@ def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetc
     }
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch)])
+
+
+_BWD_SIGNATURE = (
+    "X, LAM, Z1, Z2, Z3, U, HS, DY, DXD, DLAM, DU, DZ, SCR, H, W, C, GS, CHUNK, NCHUNK, NCB, "
+    "sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, "
+    "sdb, sdr, sdc, sdd, sdk, sdg, "
+    "NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr, GROUP_MODE: tl.constexpr, "
+    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr"
+)
+
+
+def split_backward_source(R: int, prefetch: int = 1) -> str:
+    """Source of the split-line backward for lines split into R tiles (line position
+    ``i = k * R + r``), the reverse walk of :func:`split_forward_source` with the scratch exchange.
+
+    Per step it carries ``q_k = g_k * dh`` of the step after; ``dh[i]`` needs ``q3[i-1]`` and
+    ``q1[i+1]``: tile r's are tiles r -/+ 1 at the same row, and only tile 0's ``q3`` and tile
+    R-1's ``q1`` come shifted by a row through the double-buffered scratch ``SCR`` (one barrier per
+    step). The forward state of the previous step and its line neighbours (for the gate
+    gradients) is read once per tile from the saved ``HS``; the neighbours are the adjacent tiles,
+    plus two shifted row loads for the wrap-around. Arguments, outputs and GROUP_MODE are those of
+    ``triton_kernels.gspn_bwd_kernel``; ``prefetch`` (0 or 1): the next step's inputs are loaded
+    before this step's math.
+    """
+    if not 1 <= R <= MAX_SPLIT:
+        raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
+    if prefetch not in (0, 1):
+        raise ValueError(f"prefetch must be 0 or 1 for the backward, got {prefetch}")
+    tiles = range(R)
+    s: list[str] = []
+    a = s.append
+    a(f"def gspn_bwd_split_r{R}_p{prefetch}({_BWD_SIGNATURE}):")
+    a("    pid = tl.program_id(0)")
+    a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
+    a("    if n <= 0:")
+    a("        return")
+    for name, row, col in (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc"),
+                           ("dz", "sdr", "sdc")):
+        a(f"    {name}_line = tl.where(is_col, {row}, {col})")
+        a(f"    {name}_scan = tl.where(is_col, {col}, {row})")
+    a("    step = tl.where(rev, -1, 1)")
+    a("    first = tl.where(rev, start + n - 1, start)")
+    a("    b64 = b.to(tl.int64)")
+    a("    kk = tl.arange(0, BLOCK_K)")
+    a("    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)")
+    a("    if EVEN_C:")
+    a("        chm = tl.full([1, BLOCK_C], 1, tl.int1)")
+    a("        chl = ch")
+    a("    else:")
+    a("        chm = (ch < C)[None, :]")
+    a("        chl = tl.minimum(ch, C - 1)")
+    a("    if ZW == 1:")
+    a("        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)")
+    a("        zchm = tl.full([1, 1], 1, tl.int1)")
+    a("    elif ZW < BLOCK_C:")
+    a("        zch = cb * ZW + tl.arange(0, ZW)")
+    a("        zchm = (zch * (BLOCK_C // ZW) < C)[None, :]")
+    a("    else:")
+    a("        zch = ch // GS")
+    a("        zchm = chm")
+    a("    if EVEN_C:")
+    a("        zchl = zch")
+    a("    else:  # loads of the padding channels read the last group (their results are masked)")
+    a("        zchl = tl.minimum(zch, (C - 1) // GS)")
+    a("    if GROUP_MODE == 1:")
+    a("        dzch = (cb * ZW + tl.arange(0, ZW))[None, :] * sdg")
+    a("    elif GROUP_MODE == 3:")
+    a("        dzch = cb * sdg + tl.zeros([1, 1], dtype=tl.int32)")
+    a("    else:")
+    a("        dzch = ch[None, :] * sdg")
+    a("    xb = X + b64 * sxb")
+    a("    lb = LAM + b64 * slb + d * sld")
+    a("    ub = U + b64 * slb + d * sld")
+    a("    pb = b64 * spb + d * spd")
+    a("    dzb = DZ + b64 * sdb + d * sdd")
+    for k in (1, 2, 3):
+        a(f"    z{k}b = Z{k} + b64 * szb + d * szd")
+    a("    KC: tl.constexpr = BLOCK_K * BLOCK_C")
+    a("    sb = SCR + pid.to(tl.int64) * (4 * KC)")
+    a("    so = kk[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
+    a("    up_ok = (kk > 0)[:, None]")
+    a("    dn_ok = (kk < BLOCK_K - 1)[:, None]")
+    for r in tiles:
+        a(f"    i{r} = kk * {R} + {r}")
+        a(f"    ok{r} = (i{r} < L)[:, None]")
+        a(f"    m{r} = ok{r} & chm")
+        a(f"    zm{r} = ok{r} & zchm")
+        a(f"    hp{r} = ((i{r} > 0) & (i{r} < L))[:, None]")
+        a(f"    hn{r} = (i{r} < L - 1)[:, None]")
+        a(f"    il{r} = tl.minimum(i{r}, L - 1)[:, None]")
+        a(f"    xo{r} = il{r} * x_line + chl[None, :] * sxch")
+        a(f"    lo{r} = il{r} * l_line + chl[None, :] * slch")
+        a(f"    pl{r} = il{r} * p_line + chl[None, :] * spch")
+        a(f"    po{r} = i{r}[:, None] * p_line + ch[None, :] * spch")
+        a(f"    zo{r} = il{r} * z_line + zchl[None, :] * szg")
+        a(f"    do{r} = i{r}[:, None] * dz_line + dzch")
+        for k in (1, 2, 3):
+            a(f"    q{k}_{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
+    # the wrap-around rows of h (previous step): tile R-1 one row down for tile 0, tile 0 one row up
+    a(f"    pu0 = tl.maximum(i0 - 1, 0)[:, None] * p_line + chl[None, :] * spch")
+    a(f"    pd{R - 1} = tl.minimum(i{R - 1} + 1, L - 1)[:, None] * p_line + chl[None, :] * spch")
+
+    def loads(t: str, sfx: str, ind: str) -> None:
+        """Inputs of traversal step t (clamped into the window) and the state of step t - 1."""
+        a(f"{ind}pos_{sfx} = first + step * {t}")
+        a(f"{ind}posp_{sfx} = first + step * tl.maximum({t} - 1, 0)")
+        a(f"{ind}xs = xb + pos_{sfx} * x_scan")
+        a(f"{ind}ls = lb + pos_{sfx} * l_scan")
+        a(f"{ind}us = ub + pos_{sfx} * l_scan")
+        a(f"{ind}zs = pos_{sfx} * z_scan")
+        a(f"{ind}dys = DY + pb + pos_{sfx} * p_scan")
+        a(f"{ind}hps = HS + pb + posp_{sfx} * p_scan")
+        for r in tiles:
+            a(f"{ind}dy{sfx}{r} = tl.load(dys + pl{r})")
+            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r})")
+            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r})")
+            for k in (1, 2, 3):
+                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r})")
+            a(f"{ind}if HAS_U:")
+            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r})")
+            a(f"{ind}else:")
+            a(f"{ind}    u{sfx}{r} = dy{sfx}{r}")
+            a(f"{ind}hq{sfx}{r} = tl.load(hps + pl{r})")
+        a(f"{ind}hqu{sfx} = tl.load(hps + pu0)")
+        a(f"{ind}hqd{sfx} = tl.load(hps + pd{R - 1})")
+
+    names = [f"{v}{{}}{r}" for r in tiles for v in ("dy", "x", "l", "z1", "z2", "z3", "u", "hq")] + ["hqu{}", "hqd{}"]
+    last = "(n - 1)"
+    for r in tiles:
+        a(f"    hv{r} = tl.load(HS + pb + (first + step * {last}) * p_scan + pl{r}).to(tl.float32)")
+    if prefetch:
+        loads(last, "c", "    ")
+    a("    for it in range(0, n):")
+    a("        t = n - 1 - it")
+    if prefetch:
+        a("        pos = pos_c")
+        a("        okp = t > 0")
+        loads("tl.maximum(t - 1, 0)", "n", "        ")
+    else:
+        loads("t", "c", "        ")
+        a("        pos = pos_c")
+        a("        okp = t > 0")
+    # h of the previous step (zero before the window's first step)
+    for r in tiles:
+        a(f"        hpv{r} = tl.where(okp, hqc{r}.to(tl.float32), 0.0)")
+    a("        hpu0 = tl.where(okp, hquc.to(tl.float32), 0.0)")
+    a(f"        hpd{R - 1} = tl.where(okp, hqdc.to(tl.float32), 0.0)")
+    # q of the step after, shifted: through the scratch for the wrap-around tiles
+    a("        prv = sb + ((it + 1) % 2) * (2 * KC)")
+    a("        started = it > 0")
+    a("        q3u0 = tl.load(prv + so - BLOCK_C, mask=up_ok & started, other=0.0)")
+    a(f"        q1d{R - 1} = tl.load(prv + KC + so + BLOCK_C, mask=dn_ok & started, other=0.0)")
+    a("        dzp = dzb + pos * dz_scan")
+    a("        ps = pb + pos * p_scan")
+    for r in tiles:
+        q3u = "q3u0" if r == 0 else f"q3_{r - 1}"
+        q1d = f"q1d{R - 1}" if r == R - 1 else f"q1_{r + 1}"
+        hu = "hpu0" if r == 0 else f"hpv{r - 1}"
+        hd = f"hpd{R - 1}" if r == R - 1 else f"hpv{r + 1}"
+        a(f"        dyf = dyc{r}.to(tl.float32)")
+        a("        if HAS_U:")
+        a(f"            dyh = dyf * uc{r}.to(tl.float32)")
+        a(f"            tl.store(DU + ps + po{r}, (dyf * hv{r}).to(DU.dtype.element_ty), mask=m{r})")
+        a("        else:")
+        a("            dyh = dyf")
+        a(f"        dh = tl.where(m{r}, dyh + {q3u} + q2_{r} + {q1d}, 0.0)")
+        a(f"        g1, g2, g3, s1, s2, s3, inv = _gates(z1c{r}.to(tl.float32), z2c{r}.to(tl.float32), "
+          f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM, FAST)")
+        a(f"        lamv = _lam(lc{r}, LAM_SIG, FAST)")
+        a(f"        dlamv = xc{r}.to(tl.float32) * dh")
+        a("        if LAM_SIG:")
+        a("            dlamv = dlamv * lamv * (1.0 - lamv)")
+        a(f"        tl.store(DLAM + ps + po{r}, dlamv.to(DLAM.dtype.element_ty), mask=m{r})")
+        a(f"        tl.store(DXD + ps + po{r}, (lamv * dh).to(DXD.dtype.element_ty), mask=m{r})")
+        a(f"        dg1 = _group_sum(dh * {hu}, ZW, BLOCK_K, BLOCK_C)")
+        a(f"        dg2 = _group_sum(dh * hpv{r}, ZW, BLOCK_K, BLOCK_C)")
+        a(f"        dg3 = _group_sum(dh * {hd}, ZW, BLOCK_K, BLOCK_C)")
+        a("        if NORM:")
+        a("            dot = g1 * dg1 + g2 * dg2 + g3 * dg3")
+        a(f"            dz1 = tl.where(hp{r}, (dg1 - dot) * inv * s1 * (1.0 - s1), 0.0)")
+        a(f"            dz2 = tl.where(ok{r}, (dg2 - dot) * inv * s2 * (1.0 - s2), 0.0)")
+        a(f"            dz3 = tl.where(hn{r}, (dg3 - dot) * inv * s3 * (1.0 - s3), 0.0)")
+        a("        else:")
+        a("            dz1 = dg1")
+        a("            dz2 = dg2")
+        a("            dz3 = dg3")
+        a(f"        dzo = dzp + do{r}")
+        a("        if GROUP_MODE == 1:")
+        a(f"            dzm = zm{r}")
+        a("        elif GROUP_MODE == 3:")
+        a(f"            dzm = ok{r}")
+        a("        else:")
+        a(f"            dzm = m{r}")
+        a("        tl.store(dzo, dz1.to(DZ.dtype.element_ty), mask=dzm)")
+        a("        tl.store(dzo + sdk, dz2.to(DZ.dtype.element_ty), mask=dzm)")
+        a("        tl.store(dzo + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=dzm)")
+        a(f"        nq1_{r} = _expand(g1, ZW, BLOCK_K, BLOCK_C) * dh")
+        a(f"        nq2_{r} = _expand(g2, ZW, BLOCK_K, BLOCK_C) * dh")
+        a(f"        nq3_{r} = _expand(g3, ZW, BLOCK_K, BLOCK_C) * dh")
+    for r in tiles:
+        a(f"        q1_{r}, q2_{r}, q3_{r} = nq1_{r}, nq2_{r}, nq3_{r}")
+        a(f"        hv{r} = hpv{r}")
+    a("        cur = sb + (it % 2) * (2 * KC)")
+    a(f"        tl.store(cur + so, q3_{R - 1})")
+    a("        tl.store(cur + KC + so, q1_0)")  # a different tensor from q3 even when R == 1
+    a("        tl.debug_barrier()")
+    if prefetch:
+        lhs = ", ".join(n.format("c") for n in names) + ", pos_c"
+        rhs = ", ".join(n.format("n") for n in names) + ", pos_n"
+        a(f"        {lhs} = {rhs}")
+    return "\n".join(s) + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def split_backward_kernel(R: int, prefetch: int = 1):
+    """The jitted split-line backward for lines split into R tiles (:func:`split_backward_source`)."""
+    src = split_backward_source(R, prefetch)
+    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
+             "_lam": K._lam, "_group_sum": K._group_sum}
+    exec(compile(src, filename, "exec"), scope)
+    return triton.jit(scope[f"gspn_bwd_split_r{R}_p{prefetch}"])
