@@ -123,8 +123,8 @@ def test_no_nan_over_long_lines_bf16():
     assert_close("y", y, yr, 2e-2)
 
 
-@pytest.mark.parametrize("cfg", [(32, 8, 8, 0, 5), (32, 16, 8, 1, 5), (64, 8, 16, 0, 3), (32, 16, 16, 1, 5)],
-                         ids=["8c8w", "16c8w-pf1", "64rows", "16c16w"])
+@pytest.mark.parametrize("cfg", [(32, 8, 8, 1, 5), (32, 16, 8, 0, 5), (64, 8, 16, 0, 3), (32, 16, 16, 1, 5)],
+                         ids=["8c8w-pf1", "16c8w", "64rows", "16c16w-pf1"])
 @pytest.mark.parametrize("G,chunk", [(16, None), (64, 7), (1, None)], ids=["G16", "G64-chunk7", "G1"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_split_backward_launch_variants(cfg, G, chunk, dtype):

@@ -20,6 +20,7 @@ __all__ = [
     "gspn2d_forward_config",
     "scratch_forward_config",
     "backward_config",
+    "scratch_backward_config",
     "KernelLaunch",
     "gspn2d_fwd_launch",
     "gspn2d_bwd_launch",
@@ -173,8 +174,11 @@ def backward_config(
     Modes: 0 = one gate per channel; 1 = power-of-two groups summed inside a channel block;
     2 = per-channel scratch summed by the caller; 3 = the block lies inside one group.
     """
+    split = None if override is not None else scratch_backward_config(B, L, C, itemsize)
     if override is not None:
         cfg = override
+    elif split is not None:
+        cfg = split
     elif _next_pow2(L) >= 128:
         cfg = _backward_config_long(L, C, GS, B, itemsize)
     else:
@@ -197,6 +201,23 @@ def backward_config(
     if GS & (GS - 1) == 0 and cfg.block_c % GS == 0:
         return cfg, 1
     return cfg, 2
+
+
+def scratch_backward_config(B: int, L: int, C: int, itemsize: int) -> LaunchConfig | None:
+    """The split-line backward (scratch exchange) where it measured faster on the H200
+    (``docs/results/scratch_sweep3/``: B = 32, C = 64, bf16; 147 x 147: 2.32 ms against the
+    general kernel's 3.12 ms with 16-channel gate groups, 2.30 against 3.26 per channel; 74 x 74:
+    0.64 against 0.86 ms): 2-byte inputs, lines of 33-384 positions, at least one program per SM
+    with 16-channel blocks. Tiles as :func:`scratch_forward_config`, 16 channels, 2 elements of a
+    tile per thread, no prefetch (the backward's ten inputs per element already fill the registers).
+    None elsewhere (fp32 and few programs were not measured: the general kernel runs)."""
+    if itemsize > 2 or L <= 32 or L > 6 * 64:
+        return None
+    bc = min(16, _next_pow2(C))
+    if B * 4 * -(-C // bc) < _SM_COUNT_GUESS:
+        return None
+    k = 16 if L <= 96 else 32 if L <= 192 else 64
+    return LaunchConfig(k, bc, max(2, min(16, k * bc // 64)), 0, 1, False, -(-L // k), True)
 
 
 def _backward_config_long(L: int, C: int, GS: int, B: int, itemsize: int) -> LaunchConfig:
