@@ -156,7 +156,14 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     """
     L, GS = max(H, W), C // G
     scratch = scratch_forward_config(B, L, C, itemsize)
-    if scratch is not None:
+    # measured faster (docs/benchmarks.md): lines > 96 with programs enough for every gate
+    # grouping; lines of 33-96 only with gate groups (1 < GS < C: per-channel and shared gates ran
+    # as fast or faster in the general kernel at 74 x 74); few programs (B = 1): not, but with
+    # per-channel gates in 2-byte dtypes
+    enough = B * 4 * -(-C // min(32, _next_pow2(C))) >= _SM_COUNT_GUESS
+    if scratch is not None and (
+        (enough and (L > 96 or 1 < GS < C)) or (not enough and GS == 1 and itemsize <= 2)
+    ):
         return scratch
     general = forward_config(L, C, B=B, shared=GS >= 8)
     if GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
@@ -174,7 +181,7 @@ def backward_config(
     Modes: 0 = one gate per channel; 1 = power-of-two groups summed inside a channel block;
     2 = per-channel scratch summed by the caller; 3 = the block lies inside one group.
     """
-    split = None if override is not None else scratch_backward_config(B, L, C, itemsize)
+    split = None if override is not None else scratch_backward_config(B, L, C, itemsize, GS)
     if override is not None:
         cfg = override
     elif split is not None:
@@ -203,15 +210,16 @@ def backward_config(
     return cfg, 2
 
 
-def scratch_backward_config(B: int, L: int, C: int, itemsize: int) -> LaunchConfig | None:
+def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) -> LaunchConfig | None:
     """The split-line backward (scratch exchange) where it measured faster on the H200
     (``docs/results/scratch_sweep3/``: B = 32, C = 64, bf16; 147 x 147: 2.32 ms against the
     general kernel's 3.12 ms with 16-channel gate groups, 2.30 against 3.26 per channel; 74 x 74:
     0.64 against 0.86 ms): 2-byte inputs, lines of 33-384 positions, at least one program per SM
     with 16-channel blocks. Tiles as :func:`scratch_forward_config`, 16 channels, 2 elements of a
     tile per thread, no prefetch (the backward's ten inputs per element already fill the registers).
-    None elsewhere (fp32 and few programs were not measured: the general kernel runs)."""
-    if itemsize > 2 or L <= 32 or L > 6 * 64:
+    None elsewhere: fp32 and few programs were not measured, and with one gate group for all
+    channels (GS == C) it was no faster (74 x 74: 0.92 against 0.82 ms), so the general kernel runs."""
+    if itemsize > 2 or L <= 32 or L > 6 * 64 or GS >= C:
         return None
     bc = min(16, _next_pow2(C))
     if B * 4 * -(-C // bc) < _SM_COUNT_GUESS:
