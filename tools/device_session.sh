@@ -3,8 +3,8 @@
 #   bash tools/device_session.sh [BUDGET_S] [STEP ...]
 # Steps (default: tests op block model): tests = every op test on the GPU; op = cgspn bench op;
 # block = cgspn bench block (+ plot); model = cgspn bench model at B = 32 and 1 (+ plot);
-# fwdsweep / bwdsweep = launch-config sweeps of the scan kernels on the latent shapes (SWEEP_SHAPES,
-# G = 16, bf16; each config checked against the heuristic's outputs); profile = tools/profile_block.py;
+# fwdsweep / bwdsweep = launch-config sweeps of the split-line (scratch) kernels against the heuristic on the
+# latent shapes (SWEEP_SHAPES, G = 16, bf16; each config checked against the heuristic's outputs); bwdsweep32 = fp32; profile = tools/profile_block.py;
 # graphs = the B = 1 model benchmark under torch.compile(mode="reduce-overhead") (CUDA graphs).
 # Each step gets what is left of the budget (minus a reserve for the later ones), writes its log and
 # JSON under $OUT (or ./out), and a step cut off by the budget still leaves its partial JSON.
@@ -33,8 +33,9 @@ for step in "${steps[@]}"; do
     op) cmd=(python3 -m cgspn.cli bench op --groups C,16,1 --iters 10 --no-baseline --out "$out/bench_op.json") ;;
     block) cmd=(python3 -m cgspn.cli bench block --out "$out/bench_block.json" --plot "$out/bench_block.png") ;;
     model) cmd=(python3 -m cgspn.cli bench model --batches 32 1 --no-search --out "$out/bench_model.json" --plot "$out/bench_model.png") ;;
-    fwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-passes fwd --no-baseline --iters 5 --out "$out/fwd_sweep.json") ;;
-    bwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
+    fwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes fwd --no-baseline --iters 5 --out "$out/fwd_sweep.json") ;;
+    bwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
+    bwdsweep32) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16,C --dtypes fp32 --sweep --sweep-set scratch --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep_fp32.json") ;;
     profile) cmd=(python3 tools/profile_block.py --batch 32 --px 2058 1036 --variants cgspn_mixer cgspn --out "$out/profile_block.json") ;;
     graphs) cmd=(python3 -m cgspn.cli bench model --batches 1 --resolutions 224 518 1036 --compile-mode reduce-overhead --no-search --out "$out/bench_model_graphs.json") ;;
     *) echo "unknown step $step"; continue ;;

@@ -284,3 +284,48 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
         assert_close(name, a, b, 1e-5)
     if not with_u:
         assert got[3] is None
+
+
+@pytest.mark.parametrize("L", [33, 74, 96, 97, 147, 192, 193, 384])
+@pytest.mark.parametrize("B,itemsize", [(32, 2), (1, 2), (32, 4)])
+def test_scratch_configs_cover_the_line(L, B, itemsize):
+    """The scratch split kernels' launch rules give tiles that cover the line in at most 6 tiles,
+    2-16 warps and power-of-two channel blocks; lines they do not take get None."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    for cfg in (TB.scratch_forward_config(B, L, 64, itemsize), TB.scratch_backward_config(B, L, 64, 2, 4)):
+        if cfg is None:  # the backward rule declines fp32 / few programs
+            continue
+        assert cfg.scratch and 1 <= cfg.split <= 6 and cfg.split * cfg.block_l >= L
+        assert 2 <= cfg.num_warps <= 16 and cfg.block_c & (cfg.block_c - 1) == 0 and cfg.block_c <= 64
+    for L_out in (1, 32, 385):
+        assert TB.scratch_forward_config(B, L_out, 64, itemsize) is None
+        assert TB.scratch_backward_config(B, L_out, 64, 2, 4) is None
+
+
+def test_dispatch_follows_the_measurements():
+    """Which kernel runs where (docs/benchmarks.md, "Current kernels"): the scratch split forward on
+    147-long lines and on 74-long lines with gate groups, the general one on 74-long lines with
+    per-channel or shared gates; the split backward for bf16 with gate groups, not for fp32 or one
+    shared group."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    f = TB.gspn2d_forward_config
+    assert f(32, 147, 147, 64, 16, 2).scratch and f(32, 147, 147, 64, 1, 4).scratch
+    assert f(32, 74, 74, 64, 16, 2).scratch
+    assert not f(32, 74, 74, 64, 1, 2).split and not f(32, 74, 74, 64, 64, 2).split
+    assert f(64, 14, 14, 768, 16, 2).split == 1 and not f(64, 14, 14, 768, 16, 2).scratch
+    b = lambda L, G, B, it: TB.backward_config(L, 64, 64 // G, B=B, itemsize=it)[0]
+    assert b(147, 16, 32, 2).split and b(74, 64, 32, 2).split
+    assert not b(147, 16, 32, 4).split and not b(147, 1, 32, 2).split and not b(147, 16, 1, 2).split
+
+
+def test_split_config_shorter_than_the_line_is_refused():
+    from cgspn.ops.gspn import triton_backend as TB
+
+    x, lam, z = torch.randn(1, 9, 5, 8), torch.rand(1, 9, 5, 4, 8), torch.randn(1, 9, 5, 4, 3, 2)
+    bad = TB.LaunchConfig(4, 8, 1, 1, 1, False, 2, True)  # 2 tiles x 4 rows < 9
+    with pytest.raises(ValueError, match="covers lines of 8 positions"):
+        TB.gspn2d_fwd_launch(x, lam, z, None, None, False, bad)
+    with pytest.raises(ValueError, match="covers lines of 8 positions"):
+        TB.gspn2d_bwd_launch(torch.randn(1, 9, 5, 4, 8), x, lam, z, None, torch.randn(1, 9, 5, 4, 8), None, bad)

@@ -18,20 +18,26 @@ __all__ = ["time_fn", "run_metadata", "print_table", "write_json", "copy_bandwid
 
 
 def time_fn(fn: Callable[[], Any], *, warmup: int = 3, iters: int = 20, device: torch.device | str | None = None) -> float:
-    """Median milliseconds of ``fn()``: CUDA events on a GPU, a synchronised wall clock on CPU."""
+    """Median milliseconds of ``fn()``: CUDA events on a GPU, a synchronised wall clock on CPU.
+
+    On a GPU the calls run back to back: each is bracketed by its own pair of events, and the host
+    synchronises once after the last, so the CPU-side launch work of a call overlaps the previous
+    call's kernels (as ``triton.testing.do_bench`` does) and the time is the GPU's. (Until
+    2026-12-01 it synchronised after every call, which also counted the launch path of calls
+    shorter than it, tens of microseconds; docs/benchmarks.md says which tables predate this.)"""
     dev = torch.device(device) if device is not None else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     for _ in range(warmup):
         fn()
     times = []
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for a, b in events:
             a.record()
             fn()
             b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
+        torch.cuda.synchronize(dev)
+        times = [a.elapsed_time(b) for a, b in events]
     else:
         for _ in range(iters):
             t0 = time.perf_counter()

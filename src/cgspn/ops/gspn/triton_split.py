@@ -1,4 +1,5 @@
-"""The split-line forward kernel of gspn2d: a line held as R register tiles, neighbours by warp shuffle.
+"""The split-line kernels of gspn2d: a line held as R register tiles, neighbours from the same thread,
+a warp shuffle or a scratch buffer.
 
 Why a second forward kernel (``triton_kernels.gspn_fwd_kernel`` is the general one): that kernel
 keeps a whole line in one ``[BLOCK_L, BLOCK_C]`` tile, BLOCK_L the next power of two of the line
@@ -20,9 +21,17 @@ R is a compile-time count of separate tiles, so the kernel source is generated f
 interpreter) can read it like any other source. Arguments are the general kernel's, so the
 launcher shares its strides and grid.
 
-Measured on the H200 (docs/benchmarks.md): faster than the general kernel only on short lines
-whose gate groups do not tile the general kernel's channel block, 2-3x slower on 147-long lines;
-``gspn2d_forward_config`` uses it accordingly. ``num_stages >= 2`` variants are not yet measured.
+With ``scratch=True`` the two wrap-around neighbours go through a small double-buffered fp32
+buffer (one barrier per step) instead of shuffles, so a tile may span many warps and a thread
+holds 1-2 elements per tile. :func:`split_backward_source` is the reverse walk with the same
+exchange.
+
+Measured on the H200 (docs/benchmarks.md): with the shuffle exchange, faster than the general
+kernel only on short lines whose gate groups do not tile the general kernel's channel block (2-3x
+slower on 147-long lines: one 255-register warp per program); with the scratch exchange 1.1-2.7x
+faster on 147-long lines (52% of copy with 16 gate groups in bf16) and 1.8x on 74-long lines with
+gate groups, the backward 1.3-1.45x. ``gspn2d_forward_config`` / ``backward_config`` pick them
+where measured faster. ``num_stages >= 2`` variants are not yet measured.
 """
 
 from __future__ import annotations
