@@ -128,6 +128,8 @@ SPLIT_BWD_GPU = [  # (rows, channels, warps, prefetch, tiles), G, chunk, dtype: 
     ((32, 8, 8, 1, 5), 16, None, _BF16), ((32, 16, 8, 0, 5), 16, None, _BF16), ((64, 8, 16, 0, 3), 16, None, _BF16),
     ((32, 16, 16, 1, 5), 16, None, _BF16), ((32, 16, 8, 0, 5), 64, 7, _BF16), ((32, 16, 8, 0, 5), 1, None, _BF16),
     ((32, 16, 8, 0, 5), 64, 7, _FP32), ((32, 8, 8, 0, 5), 16, None, _FP32),
+    # (..., stage_dz): gate-group gradients through the staging buffer (not yet run on a GPU)
+    ((32, 16, 8, 0, 5, True), 16, None, _BF16), ((32, 8, 8, 0, 5, True), 16, 7, _BF16), ((32, 16, 8, 0, 5, True), 4, None, _BF16),
 ]
 
 
@@ -142,9 +144,10 @@ def test_split_backward_launch_variants(cfg, G, chunk, dtype):
     g = torch.Generator(device="cuda").manual_seed(5)
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
-    k, bc, warps, pf, r = cfg
+    k, bc, warps, pf, r, *stage = cfg
     h = gspn2d(x, lam, z, chunk=chunk)
-    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True))
+    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, bool(stage and stage[0]))
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, config)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())
     ratio = RATIO[dtype]

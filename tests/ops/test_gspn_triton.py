@@ -253,6 +253,13 @@ SPLIT_BWD_CASES = [
     ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1)),  # groups of 3 that do not tile the block (mode 2)
     ((1, 1, 5, 4, 1, None, True), (2, 4, 1, 3, 1)),  # 1 x N, shared gates
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1)),  # one tile (R = 1)
+    # (..., prefetch, stage_dz): gate-group gradients through the staging buffer
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, True)),  # mode 1, windows
+    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1, True)),  # mode 1, masked channels
+    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True)),  # mode 3
+    ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, True)),  # mode 1, R = 1
+    ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, True)),  # per-channel gates: staging not used
+    ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1, True)),  # mode 2: staging not used
 ]
 
 
@@ -270,8 +277,8 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
     z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
     u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
     dy = torch.randn(B, H, W, 4, C, generator=g)
-    rows, bc, warps, tiles, pf = cfg
-    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True)
+    rows, bc, warps, tiles, pf, *stage = cfg
+    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, bool(stage and stage[0]))
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     dev = lambda t: None if t is None else t.to(DEVICE)
     h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")  # the forward state

@@ -142,10 +142,11 @@ def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]
     return out
 
 
-def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
     """Split-line backward configs (always the scratch exchange): the rows and tiles of
     :func:`scratch_configs`, channel blocks of 8 / 16 / 32 (2 / 4 / 8 below 8 batch items; halved
-    for fp32), 2-16 warps so that a thread holds 1 or 2 elements of a tile, prefetch 0 or 1."""
+    for fp32), 2-16 warps so that a thread holds 1 or 2 elements of a tile, prefetch 0 or 1; with
+    gate groups (GS > 1) each also with the gate gradients staged (``LaunchConfig.stage_dz``)."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
 
     out = []
@@ -162,6 +163,8 @@ def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> 
                 warps = k * bc // (32 * per_thread)
                 if 2 <= warps <= 16:
                     out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for pf in (0, 1)]
+                    if GS > 1:
+                        out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True, True) for pf in (0, 1)]
     return out
 
 
@@ -257,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
                 if "bwd" in passes:
                     if args.sweep_set == "scratch":
                         bwd_cfgs = [TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0]]
-                        bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize)
+                        bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize, C // G)
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
                     bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]

@@ -51,7 +51,9 @@ class LaunchConfig:
         hands the prefetch to Triton's software pipeliner);
     scratch: split-line kernel only: the two wrap-around neighbours go through a small fp32
         buffer with one barrier per step instead of warp shuffles, so the tiles may span
-        ``num_warps`` warps (fewer elements per thread); ``prefetch`` (0-2) then applies.
+        ``num_warps`` warps (fewer elements per thread); ``prefetch`` (0-2) then applies;
+    stage_dz: split-line backward only: gate-group gradients through a staging buffer
+        (``triton_split.split_backward_source(stage=True)``; not yet measured on a GPU).
     """
 
     block_l: int
@@ -62,6 +64,7 @@ class LaunchConfig:
     joined: bool = False
     split: int = 0
     scratch: bool = False
+    stage_dz: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -448,6 +451,8 @@ def gspn2d_bwd_launch(
             )
         # the split backward always exchanges through the scratch: 2 buffers x 2 wrap tiles, fp32
         outs += (torch.empty(grid[0] * 4 * cfg.block_l * cfg.block_c, dtype=torch.float32, device=x.device),)
+        if cfg.stage_dz:  # 2 buffers x 3 gates x R tiles of [block_l, block_c], in dz's dtype
+            outs += (torch.empty(grid[0] * 6 * cfg.split * cfg.block_l * cfg.block_c, dtype=dz_buf.dtype, device=x.device),)
     args = (
         x, lam, *zs, u if u is not None else dy, h, dy, *outs,
         H, W, C, GS, ck, nchunk, ncb, *x.stride(), *dy.stride(), *lam.stride(), *z_strides, *dz_buf.stride(),
@@ -457,7 +462,7 @@ def gspn2d_bwd_launch(
         ZW=_z_tile_width(GS, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
     )
     if cfg.split:
-        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch))
+        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.stage_dz)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_bwd_kernel

@@ -249,7 +249,7 @@ _BWD_SIGNATURE = (
 )
 
 
-def split_backward_source(R: int, prefetch: int = 1) -> str:
+def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str:
     """Source of the split-line backward for lines split into R tiles (line position
     ``i = k * R + r``), the reverse walk of :func:`split_forward_source` with the scratch exchange.
 
@@ -261,6 +261,14 @@ def split_backward_source(R: int, prefetch: int = 1) -> str:
     plus two shifted row loads for the wrap-around. Arguments, outputs and GROUP_MODE are those of
     ``triton_kernels.gspn_bwd_kernel``; ``prefetch`` (0 or 1): the next step's inputs are loaded
     before this step's math.
+
+    ``stage`` (GROUP_MODE 1 and 3, gate groups inside the channel block): the gate gradients are
+    computed per channel in the tile's own layout, written by each group's first channel to a
+    staging buffer ``SZ`` (the signature gains it after SCR; double-buffered, in DZ's dtype) at the
+    tile's contiguous offsets, and after the step's barrier read back one per group and stored to
+    DZ. Compiled for sm_90, the direct per-group stores cost 15 layout conversions (30 barriers) per
+    step at R = 5, because their pointers are not contiguous along the channels; staged, the
+    exchange rides on the barrier the scratch already needs.
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -269,7 +277,9 @@ def split_backward_source(R: int, prefetch: int = 1) -> str:
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def gspn_bwd_split_r{R}_p{prefetch}({_BWD_SIGNATURE}):")
+    sig = _BWD_SIGNATURE.replace("DZ, SCR,", "DZ, SCR, SZ,") if stage else _BWD_SIGNATURE
+    a(f"def {_bwd_name(R, prefetch, stage)}({sig}):")
+    grouped = "(GROUP_MODE == 1 or GROUP_MODE == 3)"
     a("    pid = tl.program_id(0)")
     a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
     a("    if n <= 0:")
@@ -320,6 +330,11 @@ def split_backward_source(R: int, prefetch: int = 1) -> str:
     a("    so = kk[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
     a("    up_ok = (kk > 0)[:, None]")
     a("    dn_ok = (kk < BLOCK_K - 1)[:, None]")
+    if stage:
+        a(f"    szb = SZ + pid.to(tl.int64) * ({2 * 3 * R} * KC)")
+        a(f"    if {grouped}:")
+        a("        lead = ((tl.arange(0, BLOCK_C) % (BLOCK_C // ZW)) == 0)[None, :]  # a group's first channel")
+        a("        co = kk[:, None] * BLOCK_C + (tl.arange(0, ZW) * (BLOCK_C // ZW))[None, :]  # [K, ZW]")
     for r in tiles:
         a(f"    i{r} = kk * {R} + {r}")
         a(f"    ok{r} = (i{r} < L)[:, None]")
@@ -415,6 +430,10 @@ def split_backward_source(R: int, prefetch: int = 1) -> str:
         a(f"        dg1 = _group_sum(dh * {hu}, ZW, BLOCK_K, BLOCK_C)")
         a(f"        dg2 = _group_sum(dh * hpv{r}, ZW, BLOCK_K, BLOCK_C)")
         a(f"        dg3 = _group_sum(dh * {hd}, ZW, BLOCK_K, BLOCK_C)")
+        if stage:
+            a(f"        if {grouped}:  # everything per channel, in the tile's own layout")
+            for v in ("g1", "g2", "g3", "s1", "s2", "s3", "inv", "dg1", "dg2", "dg3"):
+                a(f"            {v} = tl.broadcast_to(_expand({v}, ZW, BLOCK_K, BLOCK_C), [BLOCK_K, BLOCK_C])")
         a("        if NORM:")
         a("            dot = g1 * dg1 + g2 * dg2 + g3 * dg3")
         a(f"            dz1 = tl.where(hp{r}, (dg1 - dot) * inv * s1 * (1.0 - s1), 0.0)")
@@ -424,19 +443,28 @@ def split_backward_source(R: int, prefetch: int = 1) -> str:
         a("            dz1 = dg1")
         a("            dz2 = dg2")
         a("            dz3 = dg3")
-        a(f"        dzo = dzp + do{r}")
-        a("        if GROUP_MODE == 1:")
-        a(f"            dzm = zm{r}")
-        a("        elif GROUP_MODE == 3:")
-        a(f"            dzm = ok{r}")
-        a("        else:")
-        a(f"            dzm = m{r}")
-        a("        tl.store(dzo, dz1.to(DZ.dtype.element_ty), mask=dzm)")
-        a("        tl.store(dzo + sdk, dz2.to(DZ.dtype.element_ty), mask=dzm)")
-        a("        tl.store(dzo + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=dzm)")
-        a(f"        nq1_{r} = _expand(g1, ZW, BLOCK_K, BLOCK_C) * dh")
-        a(f"        nq2_{r} = _expand(g2, ZW, BLOCK_K, BLOCK_C) * dh")
-        a(f"        nq3_{r} = _expand(g3, ZW, BLOCK_K, BLOCK_C) * dh")
+        ind = "        "
+        if stage:
+            a(f"        if {grouped}:")
+            a(f"            zst = szb + (it % 2) * ({3 * R} * KC)")
+            for k in (1, 2, 3):
+                a(f"            tl.store(zst + {(k - 1) * R + r} * KC + so, dz{k}.to(SZ.dtype.element_ty), mask=m{r} & lead)")
+            for k in (1, 2, 3):
+                a(f"            nq{k}_{r} = g{k} * dh")
+            a("        else:")
+            ind = "            "
+        a(f"{ind}dzo = dzp + do{r}")
+        a(f"{ind}if GROUP_MODE == 1:")
+        a(f"{ind}    dzm = zm{r}")
+        a(f"{ind}elif GROUP_MODE == 3:")
+        a(f"{ind}    dzm = ok{r}")
+        a(f"{ind}else:")
+        a(f"{ind}    dzm = m{r}")
+        a(f"{ind}tl.store(dzo, dz1.to(DZ.dtype.element_ty), mask=dzm)")
+        a(f"{ind}tl.store(dzo + sdk, dz2.to(DZ.dtype.element_ty), mask=dzm)")
+        a(f"{ind}tl.store(dzo + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=dzm)")
+        for k in (1, 2, 3):
+            a(f"{ind}nq{k}_{r} = _expand(g{k}, ZW, BLOCK_K, BLOCK_C) * dh")
     for r in tiles:
         a(f"        q1_{r}, q2_{r}, q3_{r} = nq1_{r}, nq2_{r}, nq3_{r}")
         a(f"        hv{r} = hpv{r}")
@@ -444,6 +472,14 @@ def split_backward_source(R: int, prefetch: int = 1) -> str:
     a(f"        tl.store(cur + so, q3_{R - 1})")
     a("        tl.store(cur + KC + so, q1_0)")  # a different tensor from q3 even when R == 1
     a("        tl.debug_barrier()")
+    if stage:  # one staged value per group and line position, to the gate-gradient output
+        a(f"        if {grouped}:")
+        a(f"            zst = szb + (it % 2) * ({3 * R} * KC)")
+        for r in tiles:
+            a(f"            dzo = dzp + do{r}")
+            a(f"            dzm = zm{r} if GROUP_MODE == 1 else ok{r}")
+            for k in (1, 2, 3):
+                a(f"            tl.store(dzo + {k - 1} * sdk, tl.load(zst + {(k - 1) * R + r} * KC + co), mask=dzm)")
     if prefetch:
         lhs = ", ".join(n.format("c") for n in names) + ", pos_c"
         rhs = ", ".join(n.format("n") for n in names) + ", pos_n"
@@ -452,12 +488,16 @@ def split_backward_source(R: int, prefetch: int = 1) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def split_backward_kernel(R: int, prefetch: int = 1):
+def split_backward_kernel(R: int, prefetch: int = 1, stage: bool = False):
     """The jitted split-line backward for lines split into R tiles (:func:`split_backward_source`)."""
-    src = split_backward_source(R, prefetch)
-    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}>"
+    src = split_backward_source(R, prefetch, stage)
+    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, stage={stage}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
              "_lam": K._lam, "_group_sum": K._group_sum}
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[f"gspn_bwd_split_r{R}_p{prefetch}"])
+    return triton.jit(scope[_bwd_name(R, prefetch, stage)])
+
+
+def _bwd_name(R: int, prefetch: int, stage: bool) -> str:
+    return f"gspn_bwd_split_r{R}_p{prefetch}{'_stage' if stage else ''}"
