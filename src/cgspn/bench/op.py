@@ -115,13 +115,12 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
     return out
 
 
-def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
-    """Split-line forward configs whose wrap-around neighbours go through the scratch buffer
-    (``LaunchConfig.scratch``): tiles of 16 / 32 / 64 rows (at most the line's power of two)
-    covering the line in at most 6 tiles; channel blocks of 8 / 16 / 32 (2 / 4 / 8 below 8 batch
-    items, where programs are few), halved for fp32; 2-16 warps so that a thread holds 1 or 2
-    elements of a tile; the prefetch 1 or 2 steps ahead by hand."""
-    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+def _split_tiles(L: int, C: int, B: int, itemsize: int) -> list[tuple[int, int, int, int]]:
+    """(rows, tiles, channels, warps) of the split-line kernels' sweeps: tiles of 16 / 32 / 64 rows
+    (at most the line's power of two) covering the line in at most 6 tiles; channel blocks of
+    8 / 16 / 32 (2 / 4 / 8 below 8 batch items, where programs are few), halved for fp32; 2-16
+    warps so that a thread holds 1 or 2 elements of a tile."""
+    from cgspn.ops.gspn.triton_backend import _next_pow2
 
     out = []
     cmax = _next_pow2(C)
@@ -129,43 +128,36 @@ def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]
     if itemsize >= 4:
         bcs = tuple(max(1, b // 2) for b in bcs)
     for k in (16, 32, 64):
-        if k > max(16, _next_pow2(L)) or -(-L // k) > 6:
-            continue
         r = -(-L // k)
-        for bc in sorted({min(cmax, b) for b in bcs}):
-            for per_thread in (1, 2):
-                warps = k * bc // (32 * per_thread)
-                if not 2 <= warps <= 16:
-                    continue
-                for pf in (1, 2):
-                    out.append(LaunchConfig(k, bc, warps, pf, 1, False, r, True))
-    return out
-
-
-def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
-    """Split-line backward configs (always the scratch exchange): the rows and tiles of
-    :func:`scratch_configs`, channel blocks of 8 / 16 / 32 (2 / 4 / 8 below 8 batch items; halved
-    for fp32), 2-16 warps so that a thread holds 1 or 2 elements of a tile, prefetch 0 or 1; with
-    gate groups (GS > 1) each also with the gate gradients staged (``LaunchConfig.stage_dz``)."""
-    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
-
-    out = []
-    cmax = _next_pow2(C)
-    bcs = (8, 16, 32) if B >= 8 else (2, 4, 8)
-    if itemsize >= 4:
-        bcs = tuple(max(1, b // 2) for b in bcs)
-    for k in (16, 32, 64):
-        if k > max(16, _next_pow2(L)) or -(-L // k) > 6:
+        if k > max(16, _next_pow2(L)) or r > 6:
             continue
-        r = -(-L // k)
         for bc in sorted({min(cmax, b) for b in bcs}):
             for per_thread in (1, 2):
                 warps = k * bc // (32 * per_thread)
                 if 2 <= warps <= 16:
-                    out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for pf in (0, 1)]
-                    if GS > 1:
-                        out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True, True) for pf in (0, 1)]
+                    out.append((k, r, bc, warps))
     return out
+
+
+def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Split-line forward configs whose wrap-around neighbours go through the scratch buffer
+    (``LaunchConfig.scratch``): the tiles of :func:`_split_tiles`, the prefetch 1 or 2 steps ahead
+    by hand."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
+
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True)
+            for k, r, bc, warps in _split_tiles(L, C, B, itemsize) for pf in (1, 2)]
+
+
+def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
+    """Split-line backward configs (always the scratch exchange): the tiles of
+    :func:`_split_tiles`, prefetch 0 or 1; with gate groups (GS > 1) each also with the gate
+    gradients staged (``LaunchConfig.stage_dz``)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
+
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, stage)
+            for k, r, bc, warps in _split_tiles(L, C, B, itemsize)
+            for stage in ((False, True) if GS > 1 else (False,)) for pf in (0, 1)]
 
 
 def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:

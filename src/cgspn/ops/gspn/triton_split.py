@@ -56,6 +56,48 @@ _SIGNATURE = (
 )
 
 
+def _prologue(a, names: tuple[tuple[str, str, str], ...]) -> None:
+    """The split kernels' common start: geometry of the program, the line / scan strides of each
+    tensor in ``names`` (name, row stride, column stride), the rows and channels of a tile and
+    their masks (``chm``; ``zchm`` for the per-group logits) and the clamped channel indices the
+    unmasked loads use (``chl``, ``zchl``). Offsets inside one batch item fit in 32 bits (the
+    launcher checks), so only the per-item base is 64-bit."""
+    a("    pid = tl.program_id(0)")
+    a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
+    a("    if n <= 0:")
+    a("        return")
+    for name, row, col in names:
+        a(f"    {name}_line = tl.where(is_col, {row}, {col})")
+        a(f"    {name}_scan = tl.where(is_col, {col}, {row})")
+    a("    step = tl.where(rev, -1, 1)")
+    a("    first = tl.where(rev, start + n - 1, start)")
+    a("    b64 = b.to(tl.int64)")
+    a("    kk = tl.arange(0, BLOCK_K)")
+    a("    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)")
+    a("    if EVEN_C:  # C % BLOCK_C == 0: row masks only, so loads and stores stay vectors")
+    a("        chm = tl.full([1, BLOCK_C], 1, tl.int1)")
+    a("        chl = ch")
+    a("    else:  # loads of the padding channels read channel C - 1 (their results are masked)")
+    a("        chm = (ch < C)[None, :]")
+    a("        chl = tl.minimum(ch, C - 1)")
+    a("    if ZW == 1:")
+    a("        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)")
+    a("        zchm = tl.full([1, 1], 1, tl.int1)")
+    a("    elif ZW < BLOCK_C:")
+    a("        zch = cb * ZW + tl.arange(0, ZW)")
+    a("        zchm = (zch * (BLOCK_C // ZW) < C)[None, :]")
+    a("    else:")
+    a("        zch = ch // GS")
+    a("        zchm = chm")
+    a("    if EVEN_C:")
+    a("        zchl = zch")
+    a("    else:")
+    a("        zchl = tl.minimum(zch, (C - 1) // GS)")
+
+
+_NAMES = (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc"))
+
+
 def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1) -> str:
     """Source of the forward kernel for lines split into R tiles (see the module docstring).
 
@@ -81,35 +123,7 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     s: list[str] = []
     a = s.append
     a(f"def {_kernel_name(R, stages, scratch, prefetch)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
-    a("    pid = tl.program_id(0)")
-    a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
-    a("    if n <= 0:")
-    a("        return")
-    # offsets inside one batch item fit in 32 bits (the launcher checks): only the base is 64-bit
-    for name, row, col in (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc")):
-        a(f"    {name}_line = tl.where(is_col, {row}, {col})")
-        a(f"    {name}_scan = tl.where(is_col, {col}, {row})")
-    a("    step = tl.where(rev, -1, 1)")
-    a("    first = tl.where(rev, start + n - 1, start)")
-    a("    b64 = b.to(tl.int64)")
-    a("    kk = tl.arange(0, BLOCK_K)")
-    a("    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)")
-    a("    if EVEN_C:  # C % BLOCK_C == 0: row masks only, so loads and stores stay vectors")
-    a("        chm = tl.full([1, BLOCK_C], 1, tl.int1)")
-    a("    else:")
-    a("        chm = (ch < C)[None, :]")
-    a("    if ZW == 1:")
-    a("        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)")
-    a("    elif ZW < BLOCK_C:")
-    a("        zch = cb * ZW + tl.arange(0, ZW)")
-    a("    else:")
-    a("        zch = ch // GS")
-    a("    if EVEN_C:")
-    a("        chl = ch")
-    a("        zchl = zch")
-    a("    else:  # loads of the padding channels read channel C - 1 (their results are masked)")
-    a("        chl = tl.minimum(ch, C - 1)")
-    a("        zchl = tl.minimum(zch, (C - 1) // GS)")
+    _prologue(a, _NAMES)
     a("    xb = X + b64 * sxb")
     a("    lb = LAM + b64 * slb + d * sld")
     a("    ub = U + b64 * slb + d * sld")
@@ -280,38 +294,7 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
     sig = _BWD_SIGNATURE.replace("DZ, SCR,", "DZ, SCR, SZ,") if stage else _BWD_SIGNATURE
     a(f"def {_bwd_name(R, prefetch, stage)}({sig}):")
     grouped = "(GROUP_MODE == 1 or GROUP_MODE == 3)"
-    a("    pid = tl.program_id(0)")
-    a("    b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)")
-    a("    if n <= 0:")
-    a("        return")
-    for name, row, col in (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc"),
-                           ("dz", "sdr", "sdc")):
-        a(f"    {name}_line = tl.where(is_col, {row}, {col})")
-        a(f"    {name}_scan = tl.where(is_col, {col}, {row})")
-    a("    step = tl.where(rev, -1, 1)")
-    a("    first = tl.where(rev, start + n - 1, start)")
-    a("    b64 = b.to(tl.int64)")
-    a("    kk = tl.arange(0, BLOCK_K)")
-    a("    ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)")
-    a("    if EVEN_C:")
-    a("        chm = tl.full([1, BLOCK_C], 1, tl.int1)")
-    a("        chl = ch")
-    a("    else:")
-    a("        chm = (ch < C)[None, :]")
-    a("        chl = tl.minimum(ch, C - 1)")
-    a("    if ZW == 1:")
-    a("        zch = (cb * BLOCK_C) // GS + tl.zeros([1], dtype=tl.int32)")
-    a("        zchm = tl.full([1, 1], 1, tl.int1)")
-    a("    elif ZW < BLOCK_C:")
-    a("        zch = cb * ZW + tl.arange(0, ZW)")
-    a("        zchm = (zch * (BLOCK_C // ZW) < C)[None, :]")
-    a("    else:")
-    a("        zch = ch // GS")
-    a("        zchm = chm")
-    a("    if EVEN_C:")
-    a("        zchl = zch")
-    a("    else:  # loads of the padding channels read the last group (their results are masked)")
-    a("        zchl = tl.minimum(zch, (C - 1) // GS)")
+    _prologue(a, _NAMES + (("dz", "sdr", "sdc"),))
     a("    if GROUP_MODE == 1:")
     a("        dzch = (cb * ZW + tl.arange(0, ZW))[None, :] * sdg")
     a("    elif GROUP_MODE == 3:")
