@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The standard GPU checks of a session, in one device call, within a time budget:
 #   bash tools/device_session.sh [BUDGET_S] [STEP ...]
-# Steps (default: tests op block model): tests = every op test on the GPU; op = cgspn bench op;
+# Steps (default: tests op block model): tests = every op test on the GPU; gputests = the GPU-marked ones;
+# splittests = the split-backward GPU variants; op = cgspn bench op;
 # block = cgspn bench block (+ plot); model = cgspn bench model at B = 32 and 1 (+ plot);
 # fwdsweep / bwdsweep = launch-config sweeps of the split-line (scratch) kernels against the heuristic on the
 # latent shapes (SWEEP_SHAPES, G = 16, bf16; each config checked against the heuristic's outputs); bwdsweep32 = fp32; profile = tools/profile_block.py;
@@ -30,6 +31,8 @@ for step in "${steps[@]}"; do
   if [ "$lim" -lt 20 ]; then echo "skip $step: budget spent"; continue; fi
   case $step in
     tests) cmd=(python3 -m pytest -q -m "gpu or not gpu" tests/ops -p no:cacheprovider) ;;
+    gputests) cmd=(python3 -m pytest -q -m gpu tests/ops -p no:cacheprovider) ;;  # GPU-marked only (the split variants compile for seconds each)
+    splittests) cmd=(python3 -m pytest -q -m gpu tests/ops/test_gspn_gpu.py -k split_backward -p no:cacheprovider) ;;
     op) cmd=(python3 -m cgspn.cli bench op --groups C,16,1 --iters 10 --no-baseline --out "$out/bench_op.json") ;;
     block) cmd=(python3 -m cgspn.cli bench block --out "$out/bench_block.json" --plot "$out/bench_block.png") ;;
     model) cmd=(python3 -m cgspn.cli bench model --batches 32 1 --no-search --out "$out/bench_model.json" --plot "$out/bench_model.png") ;;
