@@ -95,6 +95,67 @@ def _prologue(a, names: tuple[tuple[str, str, str], ...]) -> None:
     a("        zchl = tl.minimum(zch, (C - 1) // GS)")
 
 
+def _bases(a) -> None:
+    """Per-program base pointers of the inputs both split kernels read (x, lam, u, the logits)."""
+    a("    xb = X + b64 * sxb")
+    a("    lb = LAM + b64 * slb + d * sld")
+    a("    ub = U + b64 * slb + d * sld")
+    for k in (1, 2, 3):
+        a(f"    z{k}b = Z{k} + b64 * szb + d * szd")
+
+
+def _scratch_setup(a) -> None:
+    """The program's double-buffered exchange buffer: 2 buffers x 2 wrap tiles of [K, C] fp32."""
+    a("    KC: tl.constexpr = BLOCK_K * BLOCK_C")
+    a("    sb = SCR + pid.to(tl.int64) * (4 * KC)")
+    a("    so = kk[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
+    a("    up_ok = (kk > 0)[:, None]")
+    a("    dn_ok = (kk < BLOCK_K - 1)[:, None]")
+
+
+def _tile_setup(a, r: int, R: int) -> None:
+    """Tile r's line positions, masks and offsets: loads use rows clamped into the line (``il``,
+    offsets ``xo``, ``lo``, ``pl``, ``zo``), stores the true rows (``po``) under the mask ``m``."""
+    a(f"    i{r} = kk * {R} + {r}")
+    a(f"    ok{r} = (i{r} < L)[:, None]")
+    a(f"    m{r} = ok{r} & chm")
+    a(f"    zm{r} = ok{r} & zchm")
+    a(f"    hp{r} = ((i{r} > 0) & (i{r} < L))[:, None]")
+    a(f"    hn{r} = (i{r} < L - 1)[:, None]")
+    a(f"    il{r} = tl.minimum(i{r}, L - 1)[:, None]")
+    a(f"    xo{r} = il{r} * x_line + chl[None, :] * sxch")
+    a(f"    lo{r} = il{r} * l_line + chl[None, :] * slch")
+    a(f"    pl{r} = il{r} * p_line + chl[None, :] * spch")
+    a(f"    po{r} = i{r}[:, None] * p_line + ch[None, :] * spch")
+    a(f"    zo{r} = il{r} * z_line + zchl[None, :] * szg")
+
+
+def _input_loads(a, ind: str, pos: str, sfx: str, tiles: range, no_u: str, pre: str = "", post: str = "") -> None:
+    """Loads of x, lam, the three logits and u at scan position ``pos`` into ``<name><sfx><r>``
+    (``no_u``: what u stands for without one; ``pre`` / ``post``: a kernel's own line before /
+    after each tile's loads, formatted with ``ind``, ``sfx`` and ``r``). Unmasked: padding rows and channels read the line's
+    last row / the last channel (the offsets are clamped), so no predicate or zeroing instruction
+    per load; the kernels mask the gates after the sigmoid and the results with ``m``, so those
+    values never reach a stored or neighbouring element."""
+    a(f"{ind}xs = xb + {pos} * x_scan")
+    a(f"{ind}ls = lb + {pos} * l_scan")
+    a(f"{ind}us = ub + {pos} * l_scan")
+    a(f"{ind}zs = {pos} * z_scan")
+    for r in tiles:
+        if pre:
+            a(pre.format(ind=ind, sfx=sfx, r=r))
+        a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r})")
+        a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r})")
+        for k in (1, 2, 3):
+            a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r})")
+        a(f"{ind}if HAS_U:")
+        a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r})")
+        a(f"{ind}else:")
+        a(f"{ind}    u{sfx}{r} = {no_u.format(sfx=sfx, r=r)}")
+        if post:
+            a(post.format(ind=ind, sfx=sfx, r=r))
+
+
 _NAMES = (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc"))
 
 
@@ -124,50 +185,17 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     a = s.append
     a(f"def {_kernel_name(R, stages, scratch, prefetch)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
     _prologue(a, _NAMES)
-    a("    xb = X + b64 * sxb")
-    a("    lb = LAM + b64 * slb + d * sld")
-    a("    ub = U + b64 * slb + d * sld")
+    _bases(a)
     a("    yb = Y + b64 * spb + d * spd")
     a("    hb = HS + b64 * spb + d * spd")
-    for k in (1, 2, 3):
-        a(f"    z{k}b = Z{k} + b64 * szb + d * szd")
     if scratch:
-        a("    KC: tl.constexpr = BLOCK_K * BLOCK_C")
-        a("    sb = SCR + pid.to(tl.int64) * (4 * KC)")
-        a("    so = kk[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
-        a("    up_ok = (kk > 0)[:, None]")
-        a("    dn_ok = (kk < BLOCK_K - 1)[:, None]")
+        _scratch_setup(a)
     for r in tiles:
-        a(f"    i{r} = kk * {R} + {r}")
-        a(f"    ok{r} = (i{r} < L)[:, None]")
-        a(f"    m{r} = ok{r} & chm")
-        a(f"    hp{r} = ((i{r} > 0) & (i{r} < L))[:, None]")
-        a(f"    hn{r} = (i{r} < L - 1)[:, None]")
-        a(f"    il{r} = tl.minimum(i{r}, L - 1)[:, None]")
-        a(f"    xo{r} = il{r} * x_line + chl[None, :] * sxch")
-        a(f"    lo{r} = il{r} * l_line + chl[None, :] * slch")
-        a(f"    po{r} = i{r}[:, None] * p_line + ch[None, :] * spch")
-        a(f"    zo{r} = il{r} * z_line + zchl[None, :] * szg")
+        _tile_setup(a, r, R)
         a(f"    h{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
 
     def loads(pos: str, sfx: str, ind: str) -> None:
-        a(f"{ind}xs = xb + {pos} * x_scan")
-        a(f"{ind}ls = lb + {pos} * l_scan")
-        a(f"{ind}us = ub + {pos} * l_scan")
-        a(f"{ind}zs = {pos} * z_scan")
-        # unmasked: padding rows and channels read the line's last row / the last channel (the
-        # offsets are clamped), so no predicate or zeroing instruction per load; the gates are
-        # masked after the sigmoid and the new state with ``m`` below, so those values never reach
-        # a stored or neighbouring element
-        for r in tiles:
-            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r})")
-            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r})")
-            for k in (1, 2, 3):
-                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r})")
-            a(f"{ind}if HAS_U:")
-            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r})")
-            a(f"{ind}else:")
-            a(f"{ind}    u{sfx}{r} = l{sfx}{r}")
+        _input_loads(a, ind, pos, sfx, tiles, "l{sfx}{r}")
 
     # buffers: "c" is the step being computed; "p1", "p2" the ones loaded 1 and 2 steps ahead
     ahead = ["c", "p1", "p2"][: depth + 1]
@@ -301,36 +329,17 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
     a("        dzch = cb * sdg + tl.zeros([1, 1], dtype=tl.int32)")
     a("    else:")
     a("        dzch = ch[None, :] * sdg")
-    a("    xb = X + b64 * sxb")
-    a("    lb = LAM + b64 * slb + d * sld")
-    a("    ub = U + b64 * slb + d * sld")
+    _bases(a)
     a("    pb = b64 * spb + d * spd")
     a("    dzb = DZ + b64 * sdb + d * sdd")
-    for k in (1, 2, 3):
-        a(f"    z{k}b = Z{k} + b64 * szb + d * szd")
-    a("    KC: tl.constexpr = BLOCK_K * BLOCK_C")
-    a("    sb = SCR + pid.to(tl.int64) * (4 * KC)")
-    a("    so = kk[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
-    a("    up_ok = (kk > 0)[:, None]")
-    a("    dn_ok = (kk < BLOCK_K - 1)[:, None]")
+    _scratch_setup(a)
     if stage:
         a(f"    szb = SZ + pid.to(tl.int64) * ({2 * 3 * R} * KC)")
         a(f"    if {grouped}:")
         a("        lead = ((tl.arange(0, BLOCK_C) % (BLOCK_C // ZW)) == 0)[None, :]  # a group's first channel")
         a("        co = kk[:, None] * BLOCK_C + (tl.arange(0, ZW) * (BLOCK_C // ZW))[None, :]  # [K, ZW]")
     for r in tiles:
-        a(f"    i{r} = kk * {R} + {r}")
-        a(f"    ok{r} = (i{r} < L)[:, None]")
-        a(f"    m{r} = ok{r} & chm")
-        a(f"    zm{r} = ok{r} & zchm")
-        a(f"    hp{r} = ((i{r} > 0) & (i{r} < L))[:, None]")
-        a(f"    hn{r} = (i{r} < L - 1)[:, None]")
-        a(f"    il{r} = tl.minimum(i{r}, L - 1)[:, None]")
-        a(f"    xo{r} = il{r} * x_line + chl[None, :] * sxch")
-        a(f"    lo{r} = il{r} * l_line + chl[None, :] * slch")
-        a(f"    pl{r} = il{r} * p_line + chl[None, :] * spch")
-        a(f"    po{r} = i{r}[:, None] * p_line + ch[None, :] * spch")
-        a(f"    zo{r} = il{r} * z_line + zchl[None, :] * szg")
+        _tile_setup(a, r, R)
         a(f"    do{r} = i{r}[:, None] * dz_line + dzch")
         for k in (1, 2, 3):
             a(f"    q{k}_{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
@@ -342,23 +351,10 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
         """Inputs of traversal step t (clamped into the window) and the state of step t - 1."""
         a(f"{ind}pos_{sfx} = first + step * {t}")
         a(f"{ind}posp_{sfx} = first + step * tl.maximum({t} - 1, 0)")
-        a(f"{ind}xs = xb + pos_{sfx} * x_scan")
-        a(f"{ind}ls = lb + pos_{sfx} * l_scan")
-        a(f"{ind}us = ub + pos_{sfx} * l_scan")
-        a(f"{ind}zs = pos_{sfx} * z_scan")
         a(f"{ind}dys = DY + pb + pos_{sfx} * p_scan")
         a(f"{ind}hps = HS + pb + posp_{sfx} * p_scan")
-        for r in tiles:
-            a(f"{ind}dy{sfx}{r} = tl.load(dys + pl{r})")
-            a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r})")
-            a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r})")
-            for k in (1, 2, 3):
-                a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r})")
-            a(f"{ind}if HAS_U:")
-            a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r})")
-            a(f"{ind}else:")
-            a(f"{ind}    u{sfx}{r} = dy{sfx}{r}")
-            a(f"{ind}hq{sfx}{r} = tl.load(hps + pl{r})")
+        _input_loads(a, ind, f"pos_{sfx}", sfx, tiles, "dy{sfx}{r}",
+                     pre="{ind}dy{sfx}{r} = tl.load(dys + pl{r})", post="{ind}hq{sfx}{r} = tl.load(hps + pl{r})")
         a(f"{ind}hqu{sfx} = tl.load(hps + pu0)")
         a(f"{ind}hqd{sfx} = tl.load(hps + pd{R - 1})")
 
