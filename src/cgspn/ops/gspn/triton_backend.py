@@ -74,7 +74,7 @@ _SM_COUNT_GUESS = 132
 
 
 def _enough_programs(B: int, C: int, bc: int) -> bool:
-    return B * 4 * -(-C // bc) >= (3 * _SM_COUNT_GUESS) // 2
+    return _programs(B, C, bc) >= (3 * _SM_COUNT_GUESS) // 2
 
 
 def forward_config(
@@ -118,6 +118,25 @@ def split_forward_config(L: int, C: int, *, itemsize: int = 2) -> LaunchConfig |
     return LaunchConfig(k, bc, 1, 0, 1, False, r)
 
 
+def _programs(B: int, C: int, bc: int) -> int:
+    """Programs of one launch (batch x 4 directions x channel blocks), windows aside."""
+    return B * 4 * -(-C // bc)
+
+
+def _split_tiles(L: int) -> tuple[int, int] | None:
+    """(rows, tiles) of the scratch split kernels for lines of L positions: 16 rows up to 96
+    positions, 32 up to 192, 64 up to 384 (at most 6 tiles); None outside 33-384."""
+    if L <= 32 or L > 6 * 64:
+        return None
+    k = 16 if L <= 96 else 32 if L <= 192 else 64
+    return k, -(-L // k)
+
+
+def _split_warps(k: int, bc: int) -> int:
+    """Warps for 2 elements of a [k, bc] tile per thread, 2 to 16."""
+    return max(2, min(16, k * bc // 64))
+
+
 def scratch_forward_config(B: int, L: int, C: int, itemsize: int) -> LaunchConfig | None:
     """The split-line forward with the scratch exchange for lines of 33-384 positions (None
     otherwise), from the H200 sweeps ``docs/results/scratch_sweep2/`` (B = 32, 74 x 74 and
@@ -132,18 +151,18 @@ def scratch_forward_config(B: int, L: int, C: int, itemsize: int) -> LaunchConfi
     Best swept or within 10% of it on the B = 32 shapes: 147 x 147 bf16 0.64 ms (52% of copy, the
     general kernel 1.72 ms), fp32 1.73 ms; 74 x 74 bf16 0.28 ms (the general kernel 0.51 ms).
     """
-    if L <= 32 or L > 6 * 64:
+    tiles = _split_tiles(L)
+    if tiles is None:
         return None
-    k = 16 if L <= 96 else 32 if L <= 192 else 64
-    r = -(-L // k)
+    k, r = tiles
     widths = (32, 16, 8, 4, 2) if itemsize <= 2 else (16, 8, 4, 2, 1)
     cmax = _next_pow2(C)
     bc = widths[-1]
     for w in widths:
-        if B * 4 * -(-C // min(w, cmax)) >= _SM_COUNT_GUESS:
+        if _programs(B, C, min(w, cmax)) >= _SM_COUNT_GUESS:
             bc = min(w, cmax)
             break
-    warps = max(2, min(16, k * bc // 64))
+    warps = _split_warps(k, bc)
     return LaunchConfig(k, bc, warps, 1 if warps >= 16 else 2, 1, False, r, True)
 
 
@@ -163,7 +182,7 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     # grouping; lines of 33-96 only with gate groups (1 < GS < C: per-channel and shared gates ran
     # as fast or faster in the general kernel at 74 x 74); few programs (B = 1): not, but with
     # per-channel gates in 2-byte dtypes
-    enough = B * 4 * -(-C // min(32, _next_pow2(C))) >= _SM_COUNT_GUESS
+    enough = _programs(B, C, min(32, _next_pow2(C))) >= _SM_COUNT_GUESS
     if scratch is not None and (
         (enough and (L > 96 or 1 < GS < C)) or (not enough and GS == 1 and itemsize <= 2)
     ):
@@ -222,13 +241,12 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
     tile per thread, no prefetch (the backward's ten inputs per element already fill the registers).
     None elsewhere: fp32 and few programs were not measured, and with one gate group for all
     channels (GS == C) it was no faster (74 x 74: 0.92 against 0.82 ms), so the general kernel runs."""
-    if itemsize > 2 or L <= 32 or L > 6 * 64 or GS >= C:
-        return None
+    tiles = _split_tiles(L)
     bc = min(16, _next_pow2(C))
-    if B * 4 * -(-C // bc) < _SM_COUNT_GUESS:
+    if itemsize > 2 or tiles is None or GS >= C or _programs(B, C, bc) < _SM_COUNT_GUESS:
         return None
-    k = 16 if L <= 96 else 32 if L <= 192 else 64
-    return LaunchConfig(k, bc, max(2, min(16, k * bc // 64)), 0, 1, False, -(-L // k), True)
+    k, r = tiles
+    return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True)
 
 
 def _backward_config_long(L: int, C: int, GS: int, B: int, itemsize: int) -> LaunchConfig:
@@ -260,6 +278,21 @@ def _fast_math(t: torch.Tensor) -> bool:
     """The kernels' sigmoids and reciprocals use the approximate PTX instructions (ex2 / rcp
     .approx.ftz, ~1e-7 relative) on CUDA; the Triton interpreter (CPU) runs the IEEE versions."""
     return t.device.type == "cuda"
+
+
+def _check_split_covers(cfg: LaunchConfig, H: int, W: int) -> None:
+    """A split-line config's R tiles of block_l rows must hold the longest line."""
+    if cfg.split and cfg.split * cfg.block_l < max(H, W):
+        raise ValueError(
+            f"gspn2d (triton): LaunchConfig(split={cfg.split}, block_l={cfg.block_l}) covers lines of "
+            f"{cfg.split * cfg.block_l} positions, the input's are up to {max(H, W)} (H={H}, W={W})"
+        )
+
+
+def _exchange_buffer(cfg: LaunchConfig, grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The split kernels' scratch exchange: per program 2 buffers x 2 wrap tiles of
+    [block_l, block_c] fp32."""
+    return torch.empty(grid[0] * 4 * cfg.block_l * cfg.block_c, dtype=torch.float32, device=device)
 
 
 def _channels_unit_stride(t: torch.Tensor) -> torch.Tensor:
@@ -358,16 +391,12 @@ def gspn2d_fwd_launch(
         return None, y, hs
     _check_offsets(x=x, lam=lam, z=z, u=u, y=y)
     cfg = config if config is not None else gspn2d_forward_config(B, H, W, C, G, x.element_size())
-    if cfg.split and cfg.split * cfg.block_l < max(H, W):
-        raise ValueError(
-            f"gspn2d (triton): LaunchConfig(split={cfg.split}, block_l={cfg.block_l}) covers lines of "
-            f"{cfg.split * cfg.block_l} positions, the input's are up to {max(H, W)} (H={H}, W={W})"
-        )
+    _check_split_covers(cfg, H, W)
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (y, hs if hs is not None else y)
-    if cfg.split and cfg.scratch:  # per program: 2 buffers x 2 wrap tiles of [block_l, block_c] fp32
-        outs += (torch.empty(grid[0] * 4 * cfg.block_l * cfg.block_c, dtype=torch.float32, device=x.device),)
+    if cfg.split and cfg.scratch:
+        outs += (_exchange_buffer(cfg, grid, x.device),)
     args = (
         x, lam, *zs, u if u is not None else y, *outs,
         H, W, C, C // G, ck, nchunk, ncb, *x.stride(), *y.stride(), *lam.stride(), *z_strides,
@@ -443,14 +472,9 @@ def gspn2d_bwd_launch(
         dz_buf = torch.empty_like(z)
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (dxd, dlam, du if du is not None else dlam, dz_buf)
-    if cfg.split:
-        if cfg.split * cfg.block_l < max(H, W):
-            raise ValueError(
-                f"gspn2d (triton): LaunchConfig(split={cfg.split}, block_l={cfg.block_l}) covers lines of "
-                f"{cfg.split * cfg.block_l} positions, the input's are up to {max(H, W)} (H={H}, W={W})"
-            )
-        # the split backward always exchanges through the scratch: 2 buffers x 2 wrap tiles, fp32
-        outs += (torch.empty(grid[0] * 4 * cfg.block_l * cfg.block_c, dtype=torch.float32, device=x.device),)
+    _check_split_covers(cfg, H, W)
+    if cfg.split:  # the split backward always exchanges through the scratch
+        outs += (_exchange_buffer(cfg, grid, x.device),)
         if cfg.stage_dz:  # 2 buffers x 3 gates x R tiles of [block_l, block_c], in dz's dtype
             outs += (torch.empty(grid[0] * 6 * cfg.split * cfg.block_l * cfg.block_c, dtype=dz_buf.dtype, device=x.device),)
     args = (
