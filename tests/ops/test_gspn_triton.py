@@ -170,6 +170,18 @@ def test_gspn2d_triton_lam_logits(case):
         assert_close(name, a, b, 1e-5)
 
 
+def _split_case_inputs(case, seed):
+    """x, lam (logits), z, u (None without), dy for a (B, H, W, C, G, chunk, with_u) case."""
+    B, H, W, C, G, _chunk, with_u = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, H, W, C, generator=g)
+    lam = 2 * torch.randn(B, H, W, 4, C, generator=g)
+    z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
+    u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
+    dy = torch.randn(B, H, W, 4, C, generator=g)
+    return x, lam, z, u, dy
+
+
 SPLIT_CASES = [
     # (B, H, W, C, G, chunk, with_u), (rows per tile, channel block, warps, tiles)
     ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 3)),  # 3 x 4 rows for lines of 7 and 9
@@ -198,11 +210,7 @@ def test_split_forward_kernel_matches_reference(case, cfg, lam_logits):
     from cgspn.ops.gspn import triton_backend as TB
 
     B, H, W, C, G, chunk, with_u = case
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(B, H, W, C, generator=g)
-    lam = 2 * torch.randn(B, H, W, 4, C, generator=g)
-    z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
-    u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
+    x, lam, z, u, _ = _split_case_inputs(case, seed=7)
     rows, bc, warps, tiles, *rest = cfg
     stages, scratch, prefetch = (rest + [1, False, 0][len(rest):]) if rest else (1, False, 0)
     config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch)
@@ -271,12 +279,7 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
     from cgspn.ops.gspn import triton_backend as TB
 
     B, H, W, C, G, chunk, with_u = case
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn(B, H, W, C, generator=g)
-    lam = 2 * torch.randn(B, H, W, 4, C, generator=g)
-    z = 2 * torch.randn(B, H, W, 4, 3, G, generator=g)
-    u = torch.randn(B, H, W, 4, C, generator=g) if with_u else None
-    dy = torch.randn(B, H, W, 4, C, generator=g)
+    x, lam, z, u, dy = _split_case_inputs(case, seed=11)
     rows, bc, warps, tiles, pf, *stage = cfg
     config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, bool(stage and stage[0]))
     lam_in = lam if lam_logits else torch.sigmoid(lam)

@@ -344,7 +344,7 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
         for k in (1, 2, 3):
             a(f"    q{k}_{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
     # the wrap-around rows of h (previous step): tile R-1 one row down for tile 0, tile 0 one row up
-    a(f"    pu0 = tl.maximum(i0 - 1, 0)[:, None] * p_line + chl[None, :] * spch")
+    a("    pu0 = tl.maximum(i0 - 1, 0)[:, None] * p_line + chl[None, :] * spch")
     a(f"    pd{R - 1} = tl.minimum(i{R - 1} + 1, L - 1)[:, None] * p_line + chl[None, :] * spch")
 
     def loads(t: str, sfx: str, ind: str) -> None:
