@@ -276,8 +276,11 @@ def _backward_config_long(L: int, C: int, GS: int, B: int, itemsize: int) -> Lau
 
 def _fast_math(t: torch.Tensor) -> bool:
     """The kernels' sigmoids and reciprocals use the approximate PTX instructions (ex2 / rcp
-    .approx.ftz, ~1e-7 relative) on CUDA; the Triton interpreter (CPU) runs the IEEE versions."""
-    return t.device.type == "cuda"
+    .approx.ftz, ~1e-7 relative) on CUDA; the Triton interpreter runs the IEEE versions (it cannot
+    run inline PTX), whatever the tensors' device."""
+    from ..backends import _interpreting
+
+    return t.device.type == "cuda" and not _interpreting()
 
 
 def _check_split_covers(cfg: LaunchConfig, H: int, W: int) -> None:
