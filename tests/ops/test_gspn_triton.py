@@ -339,3 +339,43 @@ def test_split_config_shorter_than_the_line_is_refused():
         TB.gspn2d_fwd_launch(x, lam, z, None, None, False, bad)
     with pytest.raises(ValueError, match="covers lines of 8 positions"):
         TB.gspn2d_bwd_launch(torch.randn(1, 9, 5, 4, 8), x, lam, z, None, torch.randn(1, 9, 5, 4, 8), None, bad)
+
+
+BOUNDS_CASES = [
+    # (B, H, W, C, G, chunk, with_u), forward config, backward config (None: the dispatch's)
+    ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 1, 1, False, 3, True), (4, 8, 1, 1, 1, False, 3, True)),
+    ((2, 5, 7, 8, 8, 3, True), (2, 8, 2, 0, 1, False, 4, True), (2, 8, 2, 0, 1, False, 4, True)),
+    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 2, 1, False, 3, True), (4, 4, 1, 1, 1, False, 3, True, True)),
+    ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 2, 1, False, 4, False), (2, 8, 1, 1, 1, False, 4, True)),
+    # padding rows past the line's end: one 32-row tile on lines of 5 and 9 (the 147 x 147 launch's
+    # padding, 147 -> 160, at a size the interpreter runs quickly)
+    ((1, 5, 9, 16, 16, None, True), (32, 16, 2, 1, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True)),
+    ((1, 5, 9, 16, 4, None, True), (32, 16, 2, 2, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True, True)),
+    ((2, 6, 5, 8, 2, 4, True), None, None),  # the general kernels, as dispatched
+]
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="bounds are checked under the interpreter")
+@pytest.mark.parametrize("case,fcfg,bcfg", BOUNDS_CASES, ids=lambda c: "x".join(map(str, c)) if c else "dispatch")
+def test_kernels_stay_inside_their_tensors(case, fcfg, bcfg):
+    """Every address a forward or backward lane loads from or stores to lies inside a tensor the
+    launch was given. On a GPU a stray read faults only when it leaves mapped memory, so it can pass
+    every GPU test and still crash inside a model (the split backward's wrap-around row read, fixed
+    2026-12-01, did at 32 x 147 x 147); the interpreter sees every address."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    from ._bounds import checked_bounds
+
+    B, H, W, C, G, chunk, with_u = case
+    x, lam, z, u, dy = _split_case_inputs(case, seed=5)
+    lam = torch.sigmoid(lam).to(torch.bfloat16)
+    x, z, dy = x.to(torch.bfloat16), z.to(torch.bfloat16), dy.to(torch.bfloat16)
+    u = None if u is None else u.to(torch.bfloat16)
+    cfg = lambda c: None if c is None else TB.LaunchConfig(*c)
+    launch, y, h = TB.gspn2d_fwd_launch(x, lam, z, u, chunk, True, cfg(fcfg))
+    with checked_bounds([a for a in launch.args if isinstance(a, torch.Tensor)], "forward"):
+        launch.launch()
+    launch, grads = TB.gspn2d_bwd_launch(dy, x, lam, z, u, y if h is None else h, chunk, cfg(bcfg))
+    with checked_bounds([a for a in launch.args if isinstance(a, torch.Tensor)], "backward"):
+        launch.launch()
+    assert all(torch.isfinite(g).all() for g in grads() if g is not None)

@@ -343,8 +343,9 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
         a(f"    do{r} = i{r}[:, None] * dz_line + dzch")
         for k in (1, 2, 3):
             a(f"    q{k}_{r} = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)")
-    # the wrap-around rows of h (previous step): tile R-1 one row down for tile 0, tile 0 one row up
-    a("    pu0 = tl.maximum(i0 - 1, 0)[:, None] * p_line + chl[None, :] * spch")
+    # the wrap-around rows of h (previous step): tile R-1 one row down for tile 0, tile 0 one row up;
+    # clamped into the line at both ends (padding rows past L would read past the tensor's end)
+    a("    pu0 = tl.minimum(tl.maximum(i0 - 1, 0), L - 1)[:, None] * p_line + chl[None, :] * spch")
     a(f"    pd{R - 1} = tl.minimum(i{R - 1} + 1, L - 1)[:, None] * p_line + chl[None, :] * spch")
 
     def loads(t: str, sfx: str, ind: str) -> None:
