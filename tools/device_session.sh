@@ -7,6 +7,7 @@
 # fwdsweep / bwdsweep = launch-config sweeps of the split-line (scratch) kernels against the heuristic on the
 # latent shapes (SWEEP_SHAPES, G = 16, bf16; each config checked against the heuristic's outputs); bwdsweep32 = fp32; profile = tools/profile_block.py;
 # ncu = Nsight Compute sections of the forward and backward on three shapes (tools/ncu_probe.py);
+# overhead = tools/op_overhead.py (CPU-side cost per call of the op's paths);
 # pattern = tools/pattern_probe.py (the forward's access pattern without the recurrence);
 # graphs = the B = 1 model benchmark under torch.compile(mode="reduce-overhead") (CUDA graphs).
 # Each step gets what is left of the budget (minus a reserve for the later ones), writes its log and
@@ -41,7 +42,8 @@ for step in "${steps[@]}"; do
     fwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes fwd --no-baseline --iters 5 --out "$out/fwd_sweep.json") ;;
     bwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
     bwdsweep32) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16,C --dtypes fp32 --sweep --sweep-set scratch --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep_fp32.json") ;;
-    ncu) cmd=(bash -c "for s in '32 147 147 64 64' '32 74 74 64 16' '1 147 147 64 64'; do echo == \$s; ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:gspn --launch-count 2 python3 tools/ncu_probe.py \$s; done") ;;
+    ncu) cmd=(bash -c "echo \"\${NCU_SHAPES:-32 147 147 64 64;32 74 74 64 16;1 147 147 64 64}\" | tr ';' '\\n' | while read -r s; do echo == \$s; ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:\${NCU_KERNELS:-gspn} --launch-count 2 python3 tools/ncu_probe.py \$s; done") ;;
+    overhead) cmd=(python3 tools/op_overhead.py --out "$out/op_overhead.json") ;;
     pattern) cmd=(python3 tools/pattern_probe.py --out "$out/pattern_probe.json") ;;
     profile) cmd=(python3 tools/profile_block.py --batch 32 --px 2058 1036 --variants cgspn_mixer cgspn --out "$out/profile_block.json") ;;
     graphs) cmd=(python3 -m cgspn.cli bench model --batches 1 --resolutions 224 518 1036 --compile-mode reduce-overhead --no-search --out "$out/bench_model_graphs.json") ;;

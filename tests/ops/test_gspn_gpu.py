@@ -128,7 +128,7 @@ SPLIT_BWD_GPU = [  # (rows, channels, warps, prefetch, tiles), G, chunk, dtype: 
     ((32, 8, 8, 1, 5), 16, None, _BF16), ((32, 16, 8, 0, 5), 16, None, _BF16), ((64, 8, 16, 0, 3), 16, None, _BF16),
     ((32, 16, 16, 1, 5), 16, None, _BF16), ((32, 16, 8, 0, 5), 64, 7, _BF16), ((32, 16, 8, 0, 5), 1, None, _BF16),
     ((32, 16, 8, 0, 5), 64, 7, _FP32), ((32, 8, 8, 0, 5), 16, None, _FP32),
-    # (..., stage_dz): gate-group gradients through the staging buffer (not yet run on a GPU)
+    # (..., stage_dz): gate-group gradients through the staging buffer (passed on the H200, 2026-12-01)
     ((32, 16, 8, 0, 5, True), 16, None, _BF16), ((32, 8, 8, 0, 5, True), 16, 7, _BF16), ((32, 16, 8, 0, 5, True), 4, None, _BF16),
 ]
 

@@ -53,7 +53,8 @@ class LaunchConfig:
         buffer with one barrier per step instead of warp shuffles, so the tiles may span
         ``num_warps`` warps (fewer elements per thread); ``prefetch`` (0-2) then applies;
     stage_dz: split-line backward only: gate-group gradients through a staging buffer
-        (``triton_split.split_backward_source(stage=True)``; not yet measured on a GPU).
+        (``triton_split.split_backward_source(stage=True)``; measured slower than the direct stores
+        on the H200, 2026-12-01, so never picked by the dispatch).
     """
 
     block_l: int

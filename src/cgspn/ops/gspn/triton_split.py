@@ -28,9 +28,9 @@ exchange.
 
 Measured on the H200 (docs/benchmarks.md): with the shuffle exchange, faster than the general
 kernel only on short lines whose gate groups do not tile the general kernel's channel block (2-3x
-slower on 147-long lines: one 255-register warp per program); with the scratch exchange 1.1-2.7x
-faster on 147-long lines (52% of copy with 16 gate groups in bf16) and 1.8x on 74-long lines with
-gate groups, the backward 1.3-1.45x. ``gspn2d_forward_config`` / ``backward_config`` pick them
+slower on 147-long lines: one 255-register warp per program); with the scratch exchange 1.3-3.0x
+faster on 147-long lines (62% of copy with 16 gate groups in bf16, 2026-12-01) and 1.4-2x on
+74-long lines with gate groups, the backward 1.3-1.45x. ``gspn2d_forward_config`` / ``backward_config`` pick them
 where measured faster. ``num_stages >= 2`` variants are not yet measured.
 """
 
