@@ -20,6 +20,7 @@ def test_bench_op_sweep_cpu_smoke(tmp_path):
     data = json.loads(out.read_text())
     (row,) = data["rows"]
     assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0 and row["fwd_general_ms"] > 0
+    assert row["fwd_kernel_ms"] > 0 and row["bwd_kernel_ms"] > 0
     assert row["fwd_config"]["block_c"] >= 1
     fwd = [s for s in data["sweep"] if s["pass"] == "fwd"]
     bwd = [s for s in data["sweep"] if s["pass"] == "bwd"]
