@@ -31,3 +31,25 @@ def test_bench_op_sweep_cpu_smoke(tmp_path):
         assert "error" not in s, s
         assert s["agrees"] and s["rel_diff_vs_heuristic"] <= SWEEP_AGREEMENT["fp32"]
     assert {b["pass"] for b in data["best"]} == {"fwd", "bwd"}
+
+
+def test_latency_sweep_configs_compute_the_op():
+    """The B = 1 sweep set (`--sweep-set latency`: shuffle and scratch split kernels with small
+    channel blocks) covers the line, and its configs give the reference's outputs."""
+    import torch
+
+    from cgspn.bench.op import latency_configs
+    from cgspn.ops import gspn2d
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W, C, G = 1, 20, 13, 8, 4
+    g = torch.Generator().manual_seed(3)
+    x, lam = torch.randn(B, H, W, C, generator=g), torch.rand(B, H, W, 4, C, generator=g)
+    z, u = torch.randn(B, H, W, 4, 3, G, generator=g), torch.randn(B, H, W, 4, C, generator=g)
+    want = gspn2d(*(t.double() for t in (x, lam, z)), u=u.double(), backend="reference")
+    cfgs = latency_configs(max(H, W), C, 4)
+    assert any(not c.scratch for c in cfgs) and any(c.scratch for c in cfgs)
+    for cfg in cfgs[::4]:
+        assert cfg.split * cfg.block_l >= max(H, W)
+        y, _ = TB.gspn2d_fwd_triton(x, lam, z, u, None, False, cfg)
+        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5, msg=str(cfg))

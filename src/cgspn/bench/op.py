@@ -45,8 +45,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch"],
-                   help="configs --sweep times: all, or the heuristic's plus the scratch-exchange split kernels' (default: %(default)s)")
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency"],
+                   help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
+                        "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels' (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
@@ -152,6 +153,28 @@ def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]
             for k, r, bc, warps in _split_tiles(L, C, B, itemsize) for pf in (1, 2)]
 
 
+def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
+    """Forward configs for few programs (B = 1), where a step's dependent chain sets the time:
+    the warp-shuffle split kernel (no barrier, no scratch round trip through L2; 16 or 32 rows on
+    the lanes, 1-8 channels per lane, 1-2 warps, prefetch 1-2) and the scratch kernel's small-batch
+    tiles (:func:`scratch_configs` at B = 1)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+    from cgspn.ops.gspn.triton_split import MAX_SPLIT
+
+    out = []
+    cmax = _next_pow2(C)
+    for k in (16, 32):
+        r = -(-L // k)
+        if r > MAX_SPLIT or k > max(16, _next_pow2(L)):
+            continue
+        for bc in sorted({min(cmax, b) for b in (1, 2, 4, 8)}):
+            for warps in (1, 2):
+                if k * bc < 32 * warps:  # at least one element of a tile per thread
+                    continue
+                out += [LaunchConfig(k, bc, warps, pf, 1, False, r, False) for pf in (1, 2)]
+    return out + scratch_configs(L, C, 1, itemsize)
+
+
 def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
     """Split-line backward configs (always the scratch exchange): the tiles of
     :func:`_split_tiles`, prefetch 0 or 1; with gate groups (GS > 1) each also with the gate
@@ -247,13 +270,15 @@ def run(args: argparse.Namespace) -> int:
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
                 if args.sweep_set == "scratch":
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + scratch_configs(max(H, W), C, B, dtype.itemsize)
+                elif args.sweep_set == "latency":
+                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + latency_configs(max(H, W), C, dtype.itemsize)
                 else:
                     fwd_cfgs = sweep_configs(max(H, W), C, B, (C // G) >= 8, dtype.itemsize)
                 cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    if args.sweep_set == "scratch":
+                    if args.sweep_set in ("scratch", "latency"):
                         bwd_cfgs = [TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0]]
                         bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize, C // G)
                     else:
