@@ -45,9 +45,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency"],
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined"],
                    help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
-                        "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels' (default: %(default)s)")
+                        "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
+                        "plus the split kernels with Triton-pipelined loads (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
@@ -151,6 +152,28 @@ def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]
 
     return [LaunchConfig(k, bc, warps, pf, 1, False, r, True)
             for k, r, bc, warps in _split_tiles(L, C, B, itemsize) for pf in (1, 2)]
+
+
+def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Split-line forward configs whose input loads Triton's software pipeliner stages through
+    shared memory (``num_stages`` 2-4: ``cp.async``, S - 1 steps of loads in flight without holding
+    registers), the wrap-around neighbours exchanged by ``tl.gather`` (the compiler's own shared
+    memory and barriers, which the pipeliner may not reorder, unlike the scratch buffer's global
+    loads): the tiles of :func:`_split_tiles`. Compiled for sm_90 (Triton 3.6) at 32 x 147 x 147 x 64,
+    per-channel gates, 16 warps, 3 stages: 99 registers, 122 KB of shared memory, no ``ld.global``
+    left in the loop, 5 layout conversions and 12 barriers per step (the scratch kernel: 128
+    registers, 1 barrier)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
+
+    return [LaunchConfig(k, bc, warps, 0, stages, False, r, False)
+            for k, r, bc, warps in _split_tiles(L, C, B, itemsize) for stages in (2, 3, 4)
+            if _staged_bytes(k * r, bc, itemsize) * (stages - 1) <= 200 * 1024]
+
+
+def _staged_bytes(L_pad: int, bc: int, itemsize: int) -> int:
+    """Shared memory one pipeline stage of the forward's inputs takes (x, lam, u, three logits at
+    per-channel width: the upper bound)."""
+    return L_pad * bc * itemsize * 6
 
 
 def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
@@ -272,13 +295,15 @@ def run(args: argparse.Namespace) -> int:
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + scratch_configs(max(H, W), C, B, dtype.itemsize)
                 elif args.sweep_set == "latency":
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + latency_configs(max(H, W), C, dtype.itemsize)
+                elif args.sweep_set == "pipelined":
+                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + pipelined_configs(max(H, W), C, B, dtype.itemsize)
                 else:
                     fwd_cfgs = sweep_configs(max(H, W), C, B, (C // G) >= 8, dtype.itemsize)
                 cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    if args.sweep_set in ("scratch", "latency"):
+                    if args.sweep_set in ("scratch", "latency", "pipelined"):
                         bwd_cfgs = [TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0]]
                         bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize, C // G)
                     else:
