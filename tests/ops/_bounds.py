@@ -28,27 +28,37 @@ def _extent(t: torch.Tensor) -> tuple[int, int]:
     return t.data_ptr() + lo * es, t.data_ptr() + (hi + 1) * es
 
 
+def _spans(tensors: Iterable[object]) -> list[tuple[int, int]]:
+    return sorted({_extent(t) for t in tensors if isinstance(t, torch.Tensor) and t.numel() > 0})
+
+
 class OutOfBounds(AssertionError):
     pass
 
 
 @contextlib.contextmanager
-def checked_bounds(tensors: Iterable[torch.Tensor], name: str = "kernel") -> Iterator[list[str]]:
+def checked_bounds(tensors: Iterable[torch.Tensor] | None = None, name: str = "kernel") -> Iterator[list[str]]:
     """Within the block, interpreted loads and stores must stay inside ``tensors`` (CPU tensors
-    passed to the launch); yields the list of violations found so far (the first one also raises)."""
+    passed to the launch), or, when ``tensors`` is None, inside the tensor arguments of the launch
+    in progress (so any code path may run in the block: public ops, autograd). Yields the list of
+    violations found so far; the first one also raises :class:`OutOfBounds`."""
     from triton.runtime import interpreter as I
 
-    spans = sorted({_extent(t) for t in tensors if isinstance(t, torch.Tensor) and t.numel() > 0})
-    starts = np.array([s for s, _ in spans], dtype=np.uint64)
-    ends = np.array([e for _, e in spans], dtype=np.uint64)
+    fixed = _spans(tensors) if tensors is not None else None
+    stack: list[list[tuple[int, int]]] = []
     found: list[str] = []
 
     def check(kind: str, ptrs, mask) -> None:
+        spans = fixed if fixed is not None else (stack[-1] if stack else None)
+        if spans is None:
+            return
         addr = np.asarray(ptrs.data, dtype=np.uint64)
         on = np.broadcast_to(np.asarray(mask.data, dtype=bool), addr.shape)
         a = addr[on]
         if a.size == 0:
             return
+        starts = np.array([s for s, _ in spans], dtype=np.uint64)
+        ends = np.array([e for _, e in spans], dtype=np.uint64)
         es = np.uint64(np.dtype(I._get_np_dtype(ptrs.get_element_ty())).itemsize)
         k = np.searchsorted(starts, a, side="right").astype(np.int64) - 1
         ok = (k >= 0) & (a + es <= ends[np.maximum(k, 0)]) & (a >= starts[np.maximum(k, 0)])
@@ -66,6 +76,7 @@ def checked_bounds(tensors: Iterable[torch.Tensor], name: str = "kernel") -> Ite
 
     B = I.InterpreterBuilder
     load, store = B.create_masked_load, B.create_masked_store
+    call = I.GridExecutor.__call__
 
     def masked_load(self, ptrs, mask, other, *rest):
         check("load", ptrs, mask)
@@ -75,8 +86,15 @@ def checked_bounds(tensors: Iterable[torch.Tensor], name: str = "kernel") -> Ite
         check("store", ptrs, mask)
         return store(self, ptrs, value, mask, *rest)
 
-    B.create_masked_load, B.create_masked_store = masked_load, masked_store
+    def launch(self, *args, **kwargs):
+        stack.append(_spans(list(args) + list(kwargs.values())))
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            stack.pop()
+
+    B.create_masked_load, B.create_masked_store, I.GridExecutor.__call__ = masked_load, masked_store, launch
     try:
         yield found
     finally:
-        B.create_masked_load, B.create_masked_store = load, store
+        B.create_masked_load, B.create_masked_store, I.GridExecutor.__call__ = load, store, call

@@ -379,3 +379,27 @@ def test_kernels_stay_inside_their_tensors(case, fcfg, bcfg):
     with checked_bounds([a for a in launch.args if isinstance(a, torch.Tensor)], "backward"):
         launch.launch()
     assert all(torch.isfinite(g).all() for g in grads() if g is not None)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="bounds are checked under the interpreter")
+@pytest.mark.parametrize("case", [(2, 5, 7, 6, 3, 3, True), (1, 9, 4, 8, 1, None, False), (1, 1, 6, 4, 4, 2, True)],
+                         ids=lambda c: "B{}H{}W{}C{}G{}ck{}u{}".format(*c))
+def test_public_ops_stay_inside_their_tensors(case):
+    """gspn2d and line_scan through the public API, forward and backward (autograd), with every
+    interpreted launch checked against its own tensor arguments."""
+    from ._bounds import checked_bounds
+
+    B, H, W, C, G, chunk, with_u = case
+    g = torch.Generator().manual_seed(9)
+    mk = lambda *s: torch.randn(*s, generator=g).requires_grad_()
+    x, lam, z = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g).requires_grad_(), mk(B, H, W, 4, 3, G)
+    u = mk(B, H, W, 4, C) if with_u else None
+    with checked_bounds(name="gspn2d"):
+        y = gspn2d(x, lam, z, u=u, chunk=chunk, backend="triton")
+        y.square().sum().backward()
+    xs = [torch.randn(B, C, H, W, generator=g).requires_grad_() for _ in range(2)]
+    gates = [t.detach().requires_grad_() for t in normalize_gates(*torch.randn(3, B, C, H, W, generator=g), line_dim=-2)]
+    with checked_bounds(name="line_scan"):
+        h = line_scan(xs[0], torch.sigmoid(xs[1]), *gates, chunk=chunk, backend="triton")
+        h.square().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in [x, lam, z, *xs, *gates])

@@ -102,3 +102,16 @@ def test_latent_readout_bad_input(kwargs, match):
 def test_latent_readout_integer_input():
     with pytest.raises(TypeError, match="floating"):
         latent_readout(torch.zeros(2, 4, 8, dtype=torch.int64), None, None, torch.zeros(3, 8), None)
+
+
+@needs_triton
+@pytest.mark.skipif(DEVICE != "cpu", reason="bounds are checked under the interpreter")
+def test_latent_readout_stays_inside_its_tensors():
+    """Every address the read-out kernel touches lies inside its launch's tensors (rows and output
+    columns that do not tile the blocks, strided direction slices)."""
+    from ._bounds import checked_bounds
+
+    y, w, b, up_w, up_b = _inputs((3, 7), 4, 24, 50, torch.float32)
+    with checked_bounds(name="latent_readout"):
+        out = latent_readout(y[:, 1:], w, b, up_w, up_b, backend="triton")
+    assert torch.isfinite(out).all()
