@@ -37,31 +37,27 @@ class OutOfBounds(AssertionError):
 
 
 @contextlib.contextmanager
-def checked_bounds(tensors: Iterable[torch.Tensor] | None = None, name: str = "kernel") -> Iterator[list[str]]:
-    """Within the block, interpreted loads and stores must stay inside ``tensors`` (CPU tensors
-    passed to the launch), or, when ``tensors`` is None, inside the tensor arguments of the launch
-    in progress (so any code path may run in the block: public ops, autograd). Yields the list of
-    violations found so far; the first one also raises :class:`OutOfBounds`."""
+def checked_bounds(name: str = "kernel") -> Iterator[list[str]]:
+    """Within the block, every interpreted load and store must stay inside the tensor arguments of
+    the launch in progress (so any code path may run in the block: public ops, autograd). Yields
+    the list of violations found so far; the first one also raises :class:`OutOfBounds`."""
     from triton.runtime import interpreter as I
 
-    fixed = _spans(tensors) if tensors is not None else None
-    stack: list[list[tuple[int, int]]] = []
+    stack: list[tuple[list[tuple[int, int]], np.ndarray, np.ndarray]] = []  # per launch: spans, starts, ends
     found: list[str] = []
 
     def check(kind: str, ptrs, mask) -> None:
-        spans = fixed if fixed is not None else (stack[-1] if stack else None)
-        if spans is None:
+        if not stack:
             return
+        spans, starts, ends = stack[-1]
         addr = np.asarray(ptrs.data, dtype=np.uint64)
         on = np.broadcast_to(np.asarray(mask.data, dtype=bool), addr.shape)
         a = addr[on]
         if a.size == 0:
             return
-        starts = np.array([s for s, _ in spans], dtype=np.uint64)
-        ends = np.array([e for _, e in spans], dtype=np.uint64)
         es = np.uint64(np.dtype(I._get_np_dtype(ptrs.get_element_ty())).itemsize)
-        k = np.searchsorted(starts, a, side="right").astype(np.int64) - 1
-        ok = (k >= 0) & (a + es <= ends[np.maximum(k, 0)]) & (a >= starts[np.maximum(k, 0)])
+        k = np.maximum(np.searchsorted(starts, a, side="right").astype(np.int64) - 1, 0)
+        ok = (a >= starts[k]) & (a + es <= ends[k])
         if not ok.all():
             bad = int(a[~ok][0])
             near = min(range(len(spans)), key=lambda j: min(abs(bad - spans[j][0]), abs(bad - spans[j][1])))
@@ -87,7 +83,8 @@ def checked_bounds(tensors: Iterable[torch.Tensor] | None = None, name: str = "k
         return store(self, ptrs, value, mask, *rest)
 
     def launch(self, *args, **kwargs):
-        stack.append(_spans(list(args) + list(kwargs.values())))
+        spans = _spans(list(args) + list(kwargs.values()))
+        stack.append((spans, np.array([a for a, _ in spans], dtype=np.uint64), np.array([b for _, b in spans], dtype=np.uint64)))
         try:
             return call(self, *args, **kwargs)
         finally:
