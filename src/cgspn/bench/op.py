@@ -120,6 +120,14 @@ def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: i
     return out
 
 
+def _line_tilings(L: int, rows: tuple[int, ...], max_tiles: int) -> list[tuple[int, int]]:
+    """(rows per tile, tiles) covering a line of L positions: tiles of ``rows`` rows (at most the
+    line's power of two, 16 at least), at most ``max_tiles`` of them."""
+    from cgspn.ops.gspn.triton_backend import _next_pow2
+
+    return [(k, -(-L // k)) for k in rows if k <= max(16, _next_pow2(L)) and -(-L // k) <= max_tiles]
+
+
 def _split_tiles(L: int, C: int, B: int, itemsize: int) -> list[tuple[int, int, int, int]]:
     """(rows, tiles, channels, warps) of the split-line kernels' sweeps: tiles of 16 / 32 / 64 rows
     (at most the line's power of two) covering the line in at most 6 tiles; channel blocks of
@@ -132,10 +140,7 @@ def _split_tiles(L: int, C: int, B: int, itemsize: int) -> list[tuple[int, int, 
     bcs = (8, 16, 32) if B >= 8 else (2, 4, 8)
     if itemsize >= 4:
         bcs = tuple(max(1, b // 2) for b in bcs)
-    for k in (16, 32, 64):
-        r = -(-L // k)
-        if k > max(16, _next_pow2(L)) or r > 6:
-            continue
+    for k, r in _line_tilings(L, (16, 32, 64), 6):
         for bc in sorted({min(cmax, b) for b in bcs}):
             for per_thread in (1, 2):
                 warps = k * bc // (32 * per_thread)
@@ -186,10 +191,7 @@ def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
 
     out = []
     cmax = _next_pow2(C)
-    for k in (16, 32):
-        r = -(-L // k)
-        if r > MAX_SPLIT or k > max(16, _next_pow2(L)):
-            continue
+    for k, r in _line_tilings(L, (16, 32), MAX_SPLIT):
         for bc in sorted({min(cmax, b) for b in (1, 2, 4, 8)}):
             for warps in (1, 2):
                 if k * bc < 32 * warps:  # at least one element of a tile per thread
@@ -291,19 +293,18 @@ def run(args: argparse.Namespace) -> int:
                 _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
                 h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
-                if args.sweep_set == "scratch":
-                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + scratch_configs(max(H, W), C, B, dtype.itemsize)
-                elif args.sweep_set == "latency":
-                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + latency_configs(max(H, W), C, dtype.itemsize)
-                elif args.sweep_set == "pipelined":
-                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize)] + pipelined_configs(max(H, W), C, B, dtype.itemsize)
+                L, it = max(H, W), dtype.itemsize
+                extra = {"scratch": lambda: scratch_configs(L, C, B, it), "latency": lambda: latency_configs(L, C, it),
+                         "pipelined": lambda: pipelined_configs(L, C, B, it)}
+                if args.sweep_set in extra:  # the heuristic's config first, then the set's
+                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + extra[args.sweep_set]()
                 else:
-                    fwd_cfgs = sweep_configs(max(H, W), C, B, (C // G) >= 8, dtype.itemsize)
+                    fwd_cfgs = sweep_configs(L, C, B, (C // G) >= 8, it)
                 cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    if args.sweep_set in ("scratch", "latency", "pipelined"):
+                    if args.sweep_set in extra:  # forward-only sets sweep the scratch backward
                         bwd_cfgs = [TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0]]
                         bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize, C // G)
                     else:
