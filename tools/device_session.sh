@@ -9,7 +9,9 @@
 # ncu = Nsight Compute sections of the forward and backward on three shapes (tools/ncu_probe.py);
 # overhead = tools/op_overhead.py (CPU-side cost per call of the op's paths);
 # pattern = tools/pattern_probe.py (the forward's access pattern without the recurrence);
+# layout = tools/layout_probe.py (the forward on direction-major input planes against the interleaved layout);
 # graphs = the B = 1 model benchmark under torch.compile(mode="reduce-overhead") (CUDA graphs).
+# STEP:SECONDS caps a step at that many seconds. Sweeps compile their kernels first in $CW worker processes (default 12).
 # Each step gets what is left of the budget (minus a reserve for the later ones), writes its log and
 # JSON under $OUT (or ./out), and a step cut off by the budget still leaves its partial JSON.
 # Check the device time left first (`status`): a call stops at the session's remaining time.
@@ -19,6 +21,7 @@ shift || true
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests op block model)
 out=${OUT:-./out}
+cw=${CW:-12}
 latent=${SWEEP_SHAPES:-"32,74,74,64;32,147,147,64;1,147,147,64"}  # the encoders' latent scans (1036 / 2058 px)
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -27,26 +30,29 @@ left() { echo $(( budget - ($(date +%s) - t0) )); }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv 2>/dev/null
 n=${#steps[@]}
 i=0
-for step in "${steps[@]}"; do
+for spec in "${steps[@]}"; do
+  step=${spec%%:*}
   i=$((i + 1))
   rest=$(( n - i ))
   lim=$(( $(left) - 30 * rest ))
+  if [ "$spec" != "$step" ] && [ "${spec#*:}" -lt "$lim" ]; then lim=${spec#*:}; fi  # STEP:SECONDS caps a step
   if [ "$lim" -lt 20 ]; then echo "skip $step: budget spent"; continue; fi
   case $step in
     tests) cmd=(python3 -m pytest -q -m "gpu or not gpu" tests/ops -p no:cacheprovider) ;;
     gputests) cmd=(python3 -m pytest -q -m gpu tests/ops -p no:cacheprovider -n ${XDIST:-8}) ;;  # pytest-xdist is on the H200 image: compiles in parallel  # GPU-marked only (the split variants compile for seconds each)
     splittests) cmd=(python3 -m pytest -q -m gpu tests/ops/test_gspn_gpu.py -k split_backward -p no:cacheprovider) ;;
-    op) cmd=(python3 -m cgspn.cli bench op --groups C,16,1 --iters 10 --no-baseline --out "$out/bench_op.json") ;;
+    op) cmd=(python3 -m cgspn.cli bench op ${OP_SHAPES:+--shapes "$OP_SHAPES"} --groups C,16,1 --dtypes ${OP_DTYPES:-bf16,fp32} --iters 10 --no-baseline --out "$out/bench_op.json") ;;
     block) cmd=(python3 -m cgspn.cli bench block --out "$out/bench_block.json" --plot "$out/bench_block.png") ;;
     model) cmd=(python3 -m cgspn.cli bench model --batches 32 1 --no-search --out "$out/bench_model.json" --plot "$out/bench_model.png") ;;
-    fwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes fwd --no-baseline --iters 5 --out "$out/fwd_sweep.json") ;;
-    bwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
-    pipesweep) cmd=(python3 -m cgspn.cli bench op --shapes "32,147,147,64;32,74,74,64" --groups C,16 --dtypes bf16,fp32 --sweep --sweep-set pipelined --sweep-passes fwd --no-baseline --iters 10 --out "$out/pipe_sweep.json") ;;
-    b1sweep) cmd=(python3 -m cgspn.cli bench op --shapes "1,147,147,64;1,74,74,64" --groups C,16,1 --dtypes bf16 --sweep --sweep-set latency --sweep-passes fwd --no-baseline --iters 10 --out "$out/b1_sweep.json") ;;
-    bwdsweep32) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16,C --dtypes fp32 --sweep --sweep-set scratch --sweep-passes bwd --no-baseline --iters 5 --out "$out/bwd_sweep_fp32.json") ;;
+    fwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes fwd --compile-workers $cw --no-baseline --iters 5 --out "$out/fwd_sweep.json") ;;
+    bwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes bwd --compile-workers $cw --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
+    pipesweep) cmd=(python3 -m cgspn.cli bench op --shapes "32,147,147,64;32,74,74,64" --groups C,16,1 --dtypes ${PIPE_DTYPES:-bf16} --sweep --sweep-set pipelined --sweep-passes fwd --compile-workers $cw --no-baseline --iters 10 --out "$out/pipe_sweep.json") ;;
+    b1sweep) cmd=(python3 -m cgspn.cli bench op --shapes "${B1_SHAPES:-1,147,147,64}" --groups C,16,1 --dtypes bf16 --sweep --sweep-set latency --sweep-passes fwd --compile-workers $cw --no-baseline --iters 10 --out "$out/b1_sweep.json") ;;
+    bwdsweep32) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16,C --dtypes fp32 --sweep --sweep-set scratch --sweep-passes bwd --compile-workers $cw --no-baseline --iters 5 --out "$out/bwd_sweep_fp32.json") ;;
     ncu) cmd=(bash -c "echo \"\${NCU_SHAPES:-32 147 147 64 64;32 74 74 64 16;1 147 147 64 64}\" | tr ';' '\\n' | while read -r s; do echo == \$s; ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:\${NCU_KERNELS:-gspn} --launch-count 2 python3 tools/ncu_probe.py \$s; done") ;;
     overhead) cmd=(python3 tools/op_overhead.py --out "$out/op_overhead.json") ;;
     pattern) cmd=(python3 tools/pattern_probe.py --out "$out/pattern_probe.json") ;;
+    layout) cmd=(python3 tools/layout_probe.py --out "$out/layout_probe.json") ;;
     profile) cmd=(python3 tools/profile_block.py --batch 32 --px 2058 1036 --variants cgspn_mixer cgspn --out "$out/profile_block.json") ;;
     graphs) cmd=(python3 -m cgspn.cli bench model --batches 1 --resolutions 224 518 1036 --compile-mode reduce-overhead --no-search --out "$out/bench_model_graphs.json") ;;
     *) echo "unknown step $step"; continue ;;

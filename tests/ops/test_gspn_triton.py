@@ -147,6 +147,26 @@ def test_strided_views_of_one_projection_need_no_copies():
     assert_close("dproj", gg[1], gw[1], 1e-5)
 
 
+def test_direction_major_planes_keep_their_layout():
+    """lam, u and the logits stored direction-major ((4, B, H, W, C) storage viewed as
+    (B, H, W, 4, C)): no copies, y comes back in lam's layout, values and gradients as the reference."""
+    g = torch.Generator().manual_seed(7)
+    B, H, W, C, G = 2, 5, 6, 8, 4
+    planes = lambda *s: torch.randn(4, *s, generator=g).to(DEVICE).requires_grad_()
+    lam_p, u_p, z_p = planes(B, H, W, C), planes(B, H, W, C), planes(B, H, W, 3, G)
+    x = torch.randn(B, H, W, C, generator=g).to(DEVICE).requires_grad_()
+    lam, u, z = lam_p.permute(1, 2, 3, 0, 4), u_p.permute(1, 2, 3, 0, 4), z_p.permute(1, 2, 3, 0, 4, 5)
+    dy = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE)
+    got = gspn2d(x, lam, z, u=u, backend="triton")
+    assert got.stride() == lam.stride()
+    gg = torch.autograd.grad(got, (x, lam_p, u_p, z_p), dy)
+    want = gspn2d(x, lam, z, u=u, backend="reference")
+    gw = torch.autograd.grad(want, (x, lam_p, u_p, z_p), dy)
+    assert_close("y", got, want, 1e-5)
+    for name, a, b in zip(("dx", "dlam", "du", "dz"), gg, gw):
+        assert_close(name, a, b, 1e-5)
+
+
 @pytest.mark.parametrize("case", [(2, 5, 7, 8, 2, None, True), (1, 4, 6, 16, 4, 3, False)], ids=["G2u", "G4ck3"])
 def test_gspn2d_triton_lam_logits(case):
     """lam_logits=True: the sigmoid of lam runs inside the kernel; output and every gradient (w.r.t.
@@ -325,6 +345,10 @@ def test_dispatch_follows_the_measurements():
     assert f(32, 74, 74, 64, 16, 2).scratch
     assert not f(32, 74, 74, 64, 1, 2).split and not f(32, 74, 74, 64, 64, 2).split
     assert f(64, 14, 14, 768, 16, 2).split == 1 and not f(64, 14, 14, 768, 16, 2).scratch
+    for G, bc in ((64, 4), (16, 8), (1, 4)):  # one image's latent: 64-row tiles, one element per thread
+        cfg = f(1, 147, 147, 64, G, 2)
+        assert cfg.scratch and (cfg.block_l, cfg.split, cfg.block_c, cfg.num_warps) == (64, 3, bc, 8)
+    assert f(1, 147, 147, 64, 16, 4).block_l != 64 and f(4, 147, 147, 64, 16, 2).block_l != 64
     b = lambda L, G, B, it: TB.backward_config(L, 64, 64 // G, B=B, itemsize=it)[0]
     assert b(147, 16, 32, 2).split and b(74, 64, 32, 2).split
     assert not b(147, 16, 32, 4).split and not b(147, 1, 32, 2).split and not b(147, 16, 1, 2).split
@@ -351,6 +375,9 @@ BOUNDS_CASES = [
     # padding, 147 -> 160, at a size the interpreter runs quickly)
     ((1, 5, 9, 16, 16, None, True), (32, 16, 2, 1, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True)),
     ((1, 5, 9, 16, 4, None, True), (32, 16, 2, 2, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True, True)),
+    # the few-programs forward (B x C <= 132): 3 tiles of 64 rows, one element of each per thread
+    ((1, 5, 9, 4, 4, None, True), (64, 4, 8, 1, 1, False, 3, True), None),
+    ((1, 9, 5, 8, 2, 3, False), (64, 8, 8, 1, 1, False, 3, True), None),
     ((2, 6, 5, 8, 2, 4, True), None, None),  # the general kernels, as dispatched
 ]
 

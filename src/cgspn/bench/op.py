@@ -50,6 +50,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
                         "plus the split kernels with Triton-pipelined loads (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
+    p.add_argument("--compile-workers", type=int, default=0,
+                   help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
+                        "then serves the timed runs; 0: compile while timing, default)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_op.json", help="JSON output path (default: %(default)s)")
 
@@ -83,6 +86,50 @@ def _inputs(B, H, W, C, G, dtype, device, with_u, seed=0):
     u = mk(B, H, W, 4, C) if with_u else None
     dy = mk(B, H, W, 4, C)
     return x, lam, z, u, dy
+
+
+def _compile_cases(shape: tuple[int, int, int, int], G: int, dname: str, with_u: bool, chunk: int | None,
+                   cases: list[tuple[str, Any]], device: str = "cuda") -> list[str]:
+    """Worker of ``--compile-workers``: launch each (pass, config) once on this shape so that Triton
+    compiles it into its disk cache; returns the errors (a config that does not compile is reported
+    again, with its message, when the main process times it)."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    x, lam, z, u, dy = _inputs(*shape, G, DTYPES[dname], torch.device(device), with_u)
+    _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, chunk, True)
+    h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, chunk, False)[0]
+    errors = []
+    for which, cfg in cases:
+        try:
+            if which == "fwd":
+                TB.gspn2d_fwd_triton(x, lam, z, u, chunk, False, cfg)
+            else:
+                TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, cfg)
+        except Exception as e:  # reported by the timed run
+            errors.append(f"{which} {cfg}: {str(e)[:120]}")
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return errors
+
+
+def precompile(shape: tuple[int, int, int, int], G: int, dname: str, with_u: bool, chunk: int | None,
+               cases: list[tuple[str, Any]], workers: int, device: str = "cuda") -> float:
+    """Compile a sweep's kernels in ``workers`` spawned processes (round robin) before it is timed;
+    returns the seconds it took. The processes share the GPU only while compiling and launching once."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import time
+
+    t0 = time.perf_counter()
+    parts = [cases[i::workers] for i in range(workers) if cases[i::workers]]
+    with cf.ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_compile_cases, shape, G, dname, with_u, chunk, part, device) for part in parts]
+        for f in futures:
+            try:
+                f.result()
+            except Exception as e:  # a worker that died (e.g. a faulting config): the timed run reports it
+                print(f"# precompile worker failed: {str(e)[:200]}", flush=True)
+    return time.perf_counter() - t0
 
 
 def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: int = 2) -> list[Any]:
@@ -128,21 +175,23 @@ def _line_tilings(L: int, rows: tuple[int, ...], max_tiles: int) -> list[tuple[i
     return [(k, -(-L // k)) for k in rows if k <= max(16, _next_pow2(L)) and -(-L // k) <= max_tiles]
 
 
-def _split_tiles(L: int, C: int, B: int, itemsize: int) -> list[tuple[int, int, int, int]]:
+def _split_tiles(L: int, C: int, B: int, itemsize: int, wide: bool = False) -> list[tuple[int, int, int, int]]:
     """(rows, tiles, channels, warps) of the split-line kernels' sweeps: tiles of 16 / 32 / 64 rows
     (at most the line's power of two) covering the line in at most 6 tiles; channel blocks of
     8 / 16 / 32 (2 / 4 / 8 below 8 batch items, where programs are few), halved for fp32; 2-16
-    warps so that a thread holds 1 or 2 elements of a tile."""
+    warps so that a thread holds 1 or 2 elements of a tile. ``wide``: also 64-channel blocks (128-byte
+    pieces of bf16 rows) and 4 elements of a tile per thread (for kernels whose staged inputs do not
+    hold registers)."""
     from cgspn.ops.gspn.triton_backend import _next_pow2
 
     out = []
     cmax = _next_pow2(C)
-    bcs = (8, 16, 32) if B >= 8 else (2, 4, 8)
+    bcs = ((8, 16, 32) + ((64,) if wide else ())) if B >= 8 else (2, 4, 8)
     if itemsize >= 4:
         bcs = tuple(max(1, b // 2) for b in bcs)
     for k, r in _line_tilings(L, (16, 32, 64), 6):
         for bc in sorted({min(cmax, b) for b in bcs}):
-            for per_thread in (1, 2):
+            for per_thread in ((1, 2, 4) if wide else (1, 2)):
                 warps = k * bc // (32 * per_thread)
                 if 2 <= warps <= 16:
                     out.append((k, r, bc, warps))
@@ -171,7 +220,7 @@ def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[An
     from cgspn.ops.gspn.triton_backend import LaunchConfig
 
     return [LaunchConfig(k, bc, warps, 0, stages, False, r, False)
-            for k, r, bc, warps in _split_tiles(L, C, B, itemsize) for stages in (2, 3, 4)
+            for k, r, bc, warps in _split_tiles(L, C, B, itemsize, wide=True) for stages in (2, 3, 4)
             if _staged_bytes(k * r, bc, itemsize) * (stages - 1) <= 200 * 1024]
 
 
@@ -311,6 +360,9 @@ def run(args: argparse.Namespace) -> int:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
                     bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]
                     cases += bwd_cases[: args.sweep_limit] if args.sweep_limit > 0 else bwd_cases
+                if args.compile_workers > 0 and cases:
+                    secs = precompile((B, H, W, C), G, dname, with_u, args.chunk, cases, args.compile_workers, str(device))
+                    print(f"# compiled {len(cases)} configs in {secs:.0f} s ({args.compile_workers} workers)", flush=True)
                 want = {"fwd": [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]],
                         "bwd": [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk) if t is not None]}
                 for which, cfg in cases:

@@ -35,8 +35,8 @@ def _gspn2d_fwd(
 
 @_gspn2d_fwd.register_fake
 def _(x, lam, gate_logits, u, chunk, save_h, lam_logits=False):
-    y = lam.new_empty(lam.shape, dtype=x.dtype)
-    h = lam.new_empty(lam.shape, dtype=x.dtype) if (save_h and u is not None) else y.new_empty(0)
+    y = torch.empty_like(lam, dtype=x.dtype)
+    h = torch.empty_like(lam, dtype=x.dtype) if (save_h and u is not None) else y.new_empty(0)
     return y, h
 
 
