@@ -45,10 +45,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined"],
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide"],
                    help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
                         "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
-                        "plus the split kernels with Triton-pipelined loads (default: %(default)s)")
+                        "plus the split kernels with Triton-pipelined loads; or (forward) the heuristic's plus the scratch split kernels with "
+                        "wide channel blocks and 8-16 warps (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -208,6 +209,42 @@ def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]
             for k, r, bc, warps in _split_tiles(L, C, B, itemsize) for pf in (1, 2)]
 
 
+def wide_scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Scratch-exchange split forward configs with wide channel blocks and many warps: tiles of
+    16 / 32 / 64 rows covering the line in at most 6 tiles, 16 / 32 / 64 channels, 8 or 16 warps
+    (1-4 elements of a tile per thread), the prefetch 1 or 2 steps ahead. The scratch set's
+    heuristic-centred grid never paired 64-channel blocks with 16 warps; on the H200 that pairing
+    reached 79% of copy at 32 x 74 x 74 x 64 (bf16, per-channel gates) against the dispatch's 40%
+    (``tools/layout_probe.py``, 2026-12-01)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    cmax = _next_pow2(C)
+    out = []
+    for k, r in _line_tilings(L, (16, 32, 64), 6):
+        for bc in sorted({min(cmax, b) for b in (16, 32, 64)}):
+            for warps in (8, 16):
+                if not 32 * warps <= k * bc <= 4 * 32 * warps:
+                    continue
+                out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for pf in (1, 2)]
+    return out
+
+
+def wide_scratch_backward_configs(L: int, C: int) -> list[Any]:
+    """Split-line backward configs (scratch exchange) with 16 / 32 / 64-channel blocks and 8 or 16
+    warps, 1-2 elements of a tile per thread (the backward keeps ten inputs live per element), no
+    prefetch or one step."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    cmax = _next_pow2(C)
+    out = []
+    for k, r in _line_tilings(L, (16, 32, 64), 6):
+        for bc in sorted({min(cmax, b) for b in (16, 32, 64)}):
+            for warps in (8, 16):
+                if 32 * warps <= k * bc <= 2 * 32 * warps:
+                    out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for pf in (0, 1)]
+    return out
+
+
 def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Split-line forward configs whose input loads Triton's software pipeliner stages through
     shared memory (``num_stages`` 2-4: ``cp.async``, S - 1 steps of loads in flight without holding
@@ -344,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
                 L, it = max(H, W), dtype.itemsize
                 extra = {"scratch": lambda: scratch_configs(L, C, B, it), "latency": lambda: latency_configs(L, C, it),
-                         "pipelined": lambda: pipelined_configs(L, C, B, it)}
+                         "pipelined": lambda: pipelined_configs(L, C, B, it), "wide": lambda: wide_scratch_configs(L, C, B, it)}
                 if args.sweep_set in extra:  # the heuristic's config first, then the set's
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + extra[args.sweep_set]()
                 else:
@@ -353,7 +390,9 @@ def run(args: argparse.Namespace) -> int:
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    if args.sweep_set in extra:  # forward-only sets sweep the scratch backward
+                    if args.sweep_set == "wide":
+                        bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]] + wide_scratch_backward_configs(L, C)
+                    elif args.sweep_set in extra:  # forward-only sets sweep the scratch backward
                         bwd_cfgs = [TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0]]
                         bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize, C // G)
                     else:
