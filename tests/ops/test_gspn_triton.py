@@ -342,8 +342,12 @@ def test_dispatch_follows_the_measurements():
 
     f = TB.gspn2d_forward_config
     assert f(32, 147, 147, 64, 16, 2).scratch and f(32, 147, 147, 64, 1, 4).scratch
-    assert f(32, 74, 74, 64, 16, 2).scratch
-    assert not f(32, 74, 74, 64, 1, 2).split and not f(32, 74, 74, 64, 64, 2).split
+    shape = lambda c: (c.block_l, c.split, c.block_c, c.num_warps, c.prefetch)
+    for G in (64, 16, 1):  # ~5120 elements of a line step per program (the wide sweep's fastest)
+        assert shape(f(32, 74, 74, 64, G, 2)) == (16, 5, 64, 16, 1)
+        assert shape(f(32, 74, 74, 64, G, 4)) == (16, 5, 64, 8, 1)
+        assert shape(f(32, 147, 147, 64, G, 2)) == (32, 5, 32, 16, 1)
+        assert shape(f(32, 147, 147, 64, G, 4)) == (32, 5, 32, 8, 1)
     assert f(64, 14, 14, 768, 16, 2).split == 1 and not f(64, 14, 14, 768, 16, 2).scratch
     for G, bc in ((64, 4), (16, 8), (1, 4)):  # one image's latent: 64-row tiles, one element per thread
         cfg = f(1, 147, 147, 64, G, 2)
@@ -352,6 +356,8 @@ def test_dispatch_follows_the_measurements():
     b = lambda L, G, B, it: TB.backward_config(L, 64, 64 // G, B=B, itemsize=it)[0]
     assert b(147, 16, 32, 2).split and b(74, 64, 32, 2).split
     assert not b(147, 16, 32, 4).split and not b(147, 1, 32, 2).split and not b(147, 16, 1, 2).split
+    assert shape(b(74, 64, 32, 2)) == (16, 5, 32, 8, 1) and shape(b(74, 16, 32, 2)) == (16, 5, 16, 4, 0)
+    assert shape(b(74, 1, 32, 2)) == (32, 3, 32, 16, 1)
 
 
 def test_split_config_shorter_than_the_line_is_refused():
@@ -375,6 +381,10 @@ BOUNDS_CASES = [
     # padding, 147 -> 160, at a size the interpreter runs quickly)
     ((1, 5, 9, 16, 16, None, True), (32, 16, 2, 1, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True)),
     ((1, 5, 9, 16, 4, None, True), (32, 16, 2, 2, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True, True)),
+    # the wide tiles: 64 (here 16) channels x 16 warps, 4 elements of a tile per thread; the shared-gate
+    # backward's 32-row tiles (padding rows past lines of 5 and 9)
+    ((1, 7, 9, 16, 4, None, True), (16, 16, 2, 1, 1, False, 3, True), (32, 16, 4, 1, 1, False, 3, True)),
+    ((1, 5, 9, 16, 1, 2, True), (16, 16, 4, 1, 1, False, 1, True), (32, 16, 16, 1, 1, False, 1, True)),
     # the few-programs forward (B x C <= 132): 3 tiles of 64 rows, one element of each per thread
     ((1, 5, 9, 4, 4, None, True), (64, 4, 8, 1, 1, False, 3, True), None),
     ((1, 9, 5, 8, 2, 3, False), (64, 8, 8, 1, 1, False, 3, True), None),

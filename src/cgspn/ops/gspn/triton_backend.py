@@ -140,31 +140,34 @@ def _split_warps(k: int, bc: int) -> int:
 
 def scratch_forward_config(B: int, L: int, C: int, itemsize: int) -> LaunchConfig | None:
     """The split-line forward with the scratch exchange for lines of 33-384 positions (None
-    otherwise), from the H200 sweeps ``docs/results/scratch_sweep2/`` (B = 32, 74 x 74 and
-    147 x 147, C = 64; 14 x 14 x 768; B = 1):
+    otherwise), from the H200 sweeps (``bench op --sweep-set wide``, 2026-12-01; B = 32, C = 64,
+    74 x 74 and 147 x 147, per-channel / 4-channel / shared gates, bf16 and fp32):
 
     * tiles of 32 rows (16 for lines of at most 96, so that 74 pads to 80; 64 beyond 192), so a line
       is at most 6 tiles;
-    * the widest channel block of 32 / 16 / 8 / 4 / 2 (fp32: 16 / 8 / 4 / 2 / 1) that still gives
-      at least one program per SM (B x 4 directions x channel blocks >= 132);
-    * 2 elements of a tile per thread (warps = rows x channels / 64, 2 to 16), the prefetch 2 steps
-      ahead below 16 warps and 1 step at 16 (the 128-register cap of 512 threads).
-    Best swept or within 10% of it on the B = 32 shapes: 147 x 147 bf16 0.64 ms (52% of copy, the
-    general kernel 1.72 ms), fp32 1.73 ms; 74 x 74 bf16 0.28 ms (the general kernel 0.51 ms).
+    * a program holds about 5120 elements of a line step (the fastest config of every swept shape
+      did: 10 elements per thread at 16 warps in bf16, 20 at 8 warps in fp32), i.e. the channel block
+      is the largest power of two <= 5120 / padded line (64 at 74 x 74, 32 at 147 x 147), halved until
+      the launch has about one program per SM (B x 4 directions x channel blocks >= 0.9 x 132);
+    * warps from the elements per thread (2 to 16); the prefetch 1 step ahead (2 below 16 warps
+      in 2-byte dtypes, where the registers allow it).
+    Measured (fastest swept or within 2% of it): 32 x 74 x 74 x 64 bf16 0.167 / 0.131 / 0.120 ms
+    (per-channel / 4-channel / shared gates; the previous rule 0.332 / 0.177 / 0.220), fp32 0.308 /
+    0.211 / 0.181 (0.483 / 0.270 / 0.236); 147 x 147 bf16 unchanged (0.82 / 0.55 / 0.50), fp32
+    1.33 / 0.88 / 0.76 (1.56 / 1.03 / 0.96).
     """
     tiles = _split_tiles(L)
     if tiles is None:
         return None
     k, r = tiles
-    widths = (32, 16, 8, 4, 2) if itemsize <= 2 else (16, 8, 4, 2, 1)
+    per_thread = 10 if itemsize <= 2 else 20
     cmax = _next_pow2(C)
-    bc = widths[-1]
-    for w in widths:
-        if _programs(B, C, min(w, cmax)) >= _SM_COUNT_GUESS:
-            bc = min(w, cmax)
-            break
-    warps = _split_warps(k, bc)
-    return LaunchConfig(k, bc, warps, 1 if warps >= 16 else 2, 1, False, r, True)
+    bc = min(cmax, max(1, _next_pow2(5120 // (k * r) + 1) // 2))
+    while bc > 1 and _programs(B, C, bc) < (9 * _SM_COUNT_GUESS) // 10:
+        bc //= 2
+    warps = max(2, min(16, _next_pow2(k * r * bc // (32 * per_thread))))
+    prefetch = 2 if (itemsize <= 2 and warps < 16) else 1
+    return LaunchConfig(k, bc, warps, prefetch, 1, False, r, True)
 
 
 def few_programs_forward_config(B: int, L: int, C: int, GS: int, itemsize: int) -> LaunchConfig | None:
@@ -202,9 +205,7 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     # as fast or faster in the general kernel at 74 x 74); few programs (B = 1): not, but with
     # per-channel gates in 2-byte dtypes
     enough = _programs(B, C, min(32, _next_pow2(C))) >= _SM_COUNT_GUESS
-    if scratch is not None and (
-        (enough and (L > 96 or 1 < GS < C)) or (not enough and GS == 1 and itemsize <= 2)
-    ):
+    if scratch is not None and (enough or (GS == 1 and itemsize <= 2)):
         return scratch
     general = forward_config(L, C, B=B, shared=GS >= 8)
     if GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
@@ -252,19 +253,31 @@ def backward_config(
 
 
 def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) -> LaunchConfig | None:
-    """The split-line backward (scratch exchange) where it measured faster on the H200
-    (``docs/results/scratch_sweep3/``: B = 32, C = 64, bf16; 147 x 147: 2.32 ms against the
-    general kernel's 3.12 ms with 16-channel gate groups, 2.30 against 3.26 per channel; 74 x 74:
-    0.64 against 0.86 ms): 2-byte inputs, lines of 33-384 positions, at least one program per SM
-    with 16-channel blocks. Tiles as :func:`scratch_forward_config`, 16 channels, 2 elements of a
-    tile per thread, no prefetch (the backward's ten inputs per element already fill the registers).
-    None elsewhere: fp32 and few programs were not measured, and with one gate group for all
-    channels (GS == C) it was no faster (74 x 74: 0.92 against 0.82 ms), so the general kernel runs."""
+    """The split-line backward (scratch exchange) where it measured faster on the H200 (B = 32,
+    C = 64, bf16; ``docs/results/scratch_sweep3/`` and ``bench op --sweep-set wide``, 2026-12-01):
+
+    * gate groups (1 < GS < C): tiles as :func:`scratch_forward_config`, 16 channels, 2 elements of a
+      tile per thread, no prefetch (147 x 147: 2.14 ms against the general kernel's 3.12; 74 x 74
+      0.49);
+    * per-channel gates (GS = 1): the same, but 32 channels, 8 warps and the prefetch one step ahead
+      on lines of at most 96 (74 x 74: 0.486 against 0.549 ms with 16 channels);
+    * one gate group for all channels (GS = C): only on lines of 33-96, as 32-row tiles, 32
+      channels, 16 warps, prefetch 1 (74 x 74: 0.507 against the general kernel's 0.594 ms; at
+      147 x 147 the fastest such config spilled and gained 8%, so the general kernel runs).
+    Requires 2-byte inputs and about one program per SM; None elsewhere (fp32 and few programs were
+    not measured)."""
     tiles = _split_tiles(L)
-    bc = min(16, _next_pow2(C))
-    if itemsize > 2 or tiles is None or GS >= C or _programs(B, C, bc) < _SM_COUNT_GUESS:
+    cmax = _next_pow2(C)
+    bc = min(16, cmax)
+    if itemsize > 2 or tiles is None or _programs(B, C, bc) < _SM_COUNT_GUESS:
         return None
     k, r = tiles
+    wide = min(32, cmax)
+    wide_ok = L <= 96 and _programs(B, C, wide) >= (9 * _SM_COUNT_GUESS) // 10
+    if GS >= C:
+        return LaunchConfig(32, wide, 16, 1, 1, False, -(-L // 32), True) if wide_ok else None
+    if GS == 1 and wide_ok:
+        return LaunchConfig(k, wide, 8, 1, 1, False, r, True)
     return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True)
 
 
