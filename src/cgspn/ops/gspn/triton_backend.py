@@ -264,16 +264,24 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
     * one gate group for all channels (GS = C): only on lines of 33-96, as 32-row tiles, 32
       channels, 16 warps, prefetch 1 (74 x 74: 0.507 against the general kernel's 0.594 ms; at
       147 x 147 the fastest such config spilled and gained 8%, so the general kernel runs).
-    Requires 2-byte inputs and about one program per SM; None elsewhere (fp32 and few programs were
+    * fp32, every gate grouping: 32 channels, 8 warps on lines of at most 96 (prefetch one step
+      except with per-channel gates, where it spills), 16 channels, 8 warps, no prefetch on lines of
+      97-192 (147 x 147: 3.35 / 2.99 / 3.31 ms for per-channel / 4-channel / shared gates against
+      the general kernel's 7.49 / 4.13 / 4.29; 74 x 74: 0.79 / 0.58 / 0.61 against 1.21 / 0.63 / 0.86).
+    Requires about one program per SM; None elsewhere (few programs and fp32 lines over 192 were
     not measured)."""
     tiles = _split_tiles(L)
     cmax = _next_pow2(C)
     bc = min(16, cmax)
-    if itemsize > 2 or tiles is None or _programs(B, C, bc) < _SM_COUNT_GUESS:
+    if tiles is None or _programs(B, C, bc) < _SM_COUNT_GUESS:
         return None
     k, r = tiles
     wide = min(32, cmax)
     wide_ok = L <= 96 and _programs(B, C, wide) >= (9 * _SM_COUNT_GUESS) // 10
+    if itemsize > 2:
+        if wide_ok:
+            return LaunchConfig(k, wide, 8, 0 if GS == 1 else 1, 1, False, r, True)
+        return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True) if L <= 192 else None
     if GS >= C:
         return LaunchConfig(32, wide, 16, 1, 1, False, -(-L // 32), True) if wide_ok else None
     if GS == 1 and wide_ok:
