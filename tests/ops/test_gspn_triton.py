@@ -96,6 +96,8 @@ def test_backward_is_deterministic_and_leaves_grad_output_alone():
 
 
 def test_opcheck_registered_ops():
+    import cgspn.ops.gspn.op  # noqa: F401  (registers the custom ops; the dispatch imports it lazily)
+
     g = torch.Generator().manual_seed(4)
     B, H, W, C, G = 1, 3, 4, 4, 2
     x = torch.randn(B, H, W, C, generator=g).to(DEVICE).requires_grad_()
