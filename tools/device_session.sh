@@ -5,7 +5,7 @@
 # splittests = the split-backward GPU variants; op = cgspn bench op;
 # block = cgspn bench block (+ plot); model = cgspn bench model at B = 32 and 1 (+ plot);
 # fwdsweep / bwdsweep = launch-config sweeps of the split-line (scratch) kernels against the heuristic on the
-# latent shapes (SWEEP_SHAPES, G = 16, bf16; each config checked against the heuristic's outputs); bwdsweep32 = fp32; pipesweep = the B = 32 forward with Triton-pipelined loads (cp.async staging); widesweep = the B = 32 forward with wide channel blocks and 8-16 warps (scratch split kernels); widebwd = the same for the backward; b1sweep = the B = 1 forward's latency set (shuffle and scratch split kernels, small channel blocks); profile = tools/profile_block.py;
+# latent shapes (SWEEP_SHAPES, G = 16, bf16; each config checked against the heuristic's outputs); bwdsweep32 = fp32; pipesweep = the B = 32 forward with Triton-pipelined loads (cp.async staging); widesweep = the B = 32 forward with wide channel blocks and 8-16 warps (scratch split kernels); widebwd = the same for the backward; vitbwd = the ViT-B shape.s backward with 48-channel gate groups (incl. blocks inside one group); b1sweep = the B = 1 forward's latency set (shuffle and scratch split kernels, small channel blocks); profile = tools/profile_block.py;
 # ncu = Nsight Compute sections of the forward and backward on three shapes (tools/ncu_probe.py);
 # overhead = tools/op_overhead.py (CPU-side cost per call of the op's paths);
 # pattern = tools/pattern_probe.py (the forward's access pattern without the recurrence);
@@ -48,6 +48,7 @@ for spec in "${steps[@]}"; do
     bwdsweep) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16 --dtypes bf16 --sweep --sweep-set scratch --sweep-passes bwd --compile-workers $cw --no-baseline --iters 5 --out "$out/bwd_sweep.json") ;;
     pipesweep) cmd=(python3 -m cgspn.cli bench op --shapes "32,147,147,64;32,74,74,64" --groups C,16,1 --dtypes ${PIPE_DTYPES:-bf16} --sweep --sweep-set pipelined --sweep-passes fwd --compile-workers $cw --no-baseline --iters 10 --out "$out/pipe_sweep.json") ;;
     widesweep) cmd=(python3 -m cgspn.cli bench op --shapes "${WIDE_SHAPES:-32,74,74,64;32,147,147,64}" --groups C,16,1 --dtypes ${WIDE_DTYPES:-bf16,fp32} --sweep --sweep-set wide --sweep-passes fwd --compile-workers $cw --no-baseline --iters 10 --out "$out/wide_sweep.json") ;;
+    vitbwd) cmd=(python3 -m cgspn.cli bench op --shapes 64,14,14,768 --groups 16 --dtypes bf16,fp32 --sweep --sweep-passes bwd --compile-workers $cw --no-baseline --iters 10 --out "$out/vit_bwd_sweep.json") ;;
     widebwd) cmd=(python3 -m cgspn.cli bench op --shapes "${WIDE_SHAPES:-32,74,74,64;32,147,147,64}" --groups C,16,1 --dtypes ${WIDEBWD_DTYPES:-bf16} --sweep --sweep-set wide --sweep-passes bwd --compile-workers $cw --no-baseline --iters 10 --out "$out/wide_bwd_sweep.json") ;;
     b1sweep) cmd=(python3 -m cgspn.cli bench op --shapes "${B1_SHAPES:-1,147,147,64}" --groups C,16,1 --dtypes bf16 --sweep --sweep-set latency --sweep-passes fwd --compile-workers $cw --no-baseline --iters 10 --out "$out/b1_sweep.json") ;;
     bwdsweep32) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16,C --dtypes fp32 --sweep --sweep-set scratch --sweep-passes bwd --compile-workers $cw --no-baseline --iters 5 --out "$out/bwd_sweep_fp32.json") ;;

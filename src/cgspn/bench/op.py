@@ -315,6 +315,14 @@ def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     for warps, stages in itertools.product((4, 8, 16), (2, 3)):  # prefetch by Triton's pipeliner
         if bl * default.block_c >= 32 * warps:
             out.append(LaunchConfig(bl, default.block_c, warps, 0, stages, default.joined))
+    # gate groups that neither divide nor tile the block (e.g. 48 channels) make the kernel write
+    # per-channel gate gradients in fp32 for the caller to sum; a block inside one group (the
+    # largest power of two dividing the group) writes one partial per block instead
+    inside = GS & -GS
+    if 1 < GS and GS % default.block_c and default.block_c % GS and inside > 1:
+        for warps in (1, 2, 4):
+            if bl * inside >= 32 * warps:
+                out += [LaunchConfig(bl, inside, warps, pf, 1, default.joined) for pf in (0, 1)]
     return out
 
 
