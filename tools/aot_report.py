@@ -1,6 +1,8 @@
 """Compile the GSPN kernels ahead of time for a GPU target on a machine without a GPU, and report
-what the compiler made of them: registers, spill (stack) bytes, shared memory, and per scan step the
-layout conversions, warp shuffles, barriers and global load widths.
+what the compiler made of them: registers, spill (stack) bytes, shared memory, the layout
+conversions in the scan loop, and the warp shuffles, barriers and global load widths of the whole
+kernel's PTX (prologue and loop: the prologue issues the first step's loads, so about half the
+loads of a prefetching kernel are the loop's).
 
 It builds the exact launch the library would make (``gspn2d_fwd_launch`` / ``gspn2d_bwd_launch`` on
 ``meta``-device tensors: shapes and strides, no data), derives the signature Triton's runtime
@@ -168,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg_txt = {k: v for k, v in r["meta"].items() if k.isupper() and k.startswith(("BLOCK", "PREFETCH", "NUM_STAGES", "JOINED", "ZW"))}
             print(f"{which} {args.shape} G={G} {args.dtype} {r['kernel']} warps={r['meta']['num_warps']} {cfg_txt}: "
                   f"regs {r.get('registers')} stack {r.get('stack_bytes')} B shared {r['dynamic_shared_bytes']} B | loop: "
-                  f"{r['layout_conversions_in_loop']} layout conversions, {r['shuffles']} shuffles, {r['barriers']} barriers, "
-                  f"loads {r['global_loads']}", flush=True)
+                  f"{r['layout_conversions_in_loop']} layout conversions | whole kernel (prologue + loop): {r['shuffles']} shuffles, "
+                  f"{r['barriers']} barriers, loads {r['global_loads']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports, f, indent=1)
