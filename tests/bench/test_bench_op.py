@@ -77,3 +77,47 @@ def test_pipelined_sweep_configs_compute_the_op():
     for cfg in pipelined_configs(max(H, W), C, 8, 4)[::5]:
         y, _ = TB.gspn2d_fwd_triton(x, lam, z, u, None, False, cfg)
         torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5, msg=str(cfg))
+
+
+def test_wide_sweep_configs_cover_the_line_and_compute_the_op():
+    """`--sweep-set wide` (forward and backward scratch split kernels with 16-64-channel blocks and
+    8-16 warps) covers lines of up to 384 positions with 1-4 (backward 1-2) elements of a tile per thread, and
+    its configs give the reference's outputs and gradients."""
+    import torch
+
+    from cgspn.bench.op import wide_scratch_backward_configs, wide_scratch_configs
+    from cgspn.ops import gspn2d
+    from cgspn.ops.gspn import triton_backend as TB
+
+    for L in (33, 74, 147, 384):
+        fwd, bwd = wide_scratch_configs(L, 64), wide_scratch_backward_configs(L, 64)
+        assert fwd and bwd
+        for cfg, most in [(c, 4) for c in fwd] + [(c, 2) for c in bwd]:
+            assert cfg.scratch and cfg.split <= 6 and cfg.split * cfg.block_l >= L
+            assert 32 * cfg.num_warps <= cfg.block_l * cfg.block_c <= most * 32 * cfg.num_warps
+    assert wide_scratch_configs(400, 64) == [] and wide_scratch_backward_configs(400, 64) == []  # > 6 tiles
+    B, H, W, C, G = 1, 5, 40, 16, 4
+    g = torch.Generator().manual_seed(8)
+    mk = lambda *s: torch.randn(*s, generator=g)
+    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    want = gspn2d(*ins[:3], u=ins[3], backend="reference")
+    want_g = torch.autograd.grad(want, ins, dy.double())
+    y, h = TB.gspn2d_fwd_triton(x, lam, z, u, None, True)
+    cfg = wide_scratch_configs(40, C)[0]
+    torch.testing.assert_close(TB.gspn2d_fwd_triton(x, lam, z, u, None, False, cfg)[0].double(), want, rtol=1e-5, atol=1e-5)
+    got_g = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, wide_scratch_backward_configs(40, C)[0])
+    for a, b in zip(got_g, want_g):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_precompile_runs_the_configs_in_workers_and_reports_failures():
+    """`--compile-workers`: the sweep's cases run once in spawned worker processes; a config the
+    launcher refuses comes back as a failure naming it, the others do not."""
+    from cgspn.bench.op import precompile
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
+
+    good = ("fwd", LaunchConfig(8, 4, 1, 1))
+    short = ("fwd", LaunchConfig(2, 4, 1, 1, 1, False, 1, True))  # 1 tile of 2 rows < lines of 6
+    secs, failed = precompile((1, 6, 5, 4), 4, "fp32", True, None, [good, short], 1, "cpu")
+    assert secs > 0 and len(failed) == 1 and "block_l=2" in failed[0] and "covers lines" in failed[0]

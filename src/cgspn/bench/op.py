@@ -114,23 +114,25 @@ def _compile_cases(shape: tuple[int, int, int, int], G: int, dname: str, with_u:
 
 
 def precompile(shape: tuple[int, int, int, int], G: int, dname: str, with_u: bool, chunk: int | None,
-               cases: list[tuple[str, Any]], workers: int, device: str = "cuda") -> float:
+               cases: list[tuple[str, Any]], workers: int, device: str = "cuda") -> tuple[float, list[str]]:
     """Compile a sweep's kernels in ``workers`` spawned processes (round robin) before it is timed;
-    returns the seconds it took. The processes share the GPU only while compiling and launching once."""
+    returns the seconds it took and the configs that failed (with their errors). The processes share
+    the GPU only while compiling and launching once."""
     import concurrent.futures as cf
     import multiprocessing as mp
     import time
 
     t0 = time.perf_counter()
     parts = [cases[i::workers] for i in range(workers) if cases[i::workers]]
+    errors: list[str] = []
     with cf.ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_compile_cases, shape, G, dname, with_u, chunk, part, device) for part in parts]
         for f in futures:
             try:
-                f.result()
+                errors += f.result()
             except Exception as e:  # a worker that died (e.g. a faulting config): the timed run reports it
-                print(f"# precompile worker failed: {str(e)[:200]}", flush=True)
-    return time.perf_counter() - t0
+                errors.append(f"worker failed: {str(e)[:200]}")
+    return time.perf_counter() - t0, errors
 
 
 def sweep_configs(L: int, C: int, B: int = 32, shared: bool = False, itemsize: int = 2) -> list[Any]:
@@ -408,8 +410,9 @@ def run(args: argparse.Namespace) -> int:
                     bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]
                     cases += bwd_cases[: args.sweep_limit] if args.sweep_limit > 0 else bwd_cases
                 if args.compile_workers > 0 and cases:
-                    secs = precompile((B, H, W, C), G, dname, with_u, args.chunk, cases, args.compile_workers, str(device))
-                    print(f"# compiled {len(cases)} configs in {secs:.0f} s ({args.compile_workers} workers)", flush=True)
+                    secs, failed = precompile((B, H, W, C), G, dname, with_u, args.chunk, cases, args.compile_workers, str(device))
+                    print(f"# compiled {len(cases)} configs in {secs:.0f} s ({args.compile_workers} workers), "
+                          f"{len(failed)} failed (reported again when timed)", flush=True)
                 want = {"fwd": [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]],
                         "bwd": [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk) if t is not None]}
                 for which, cfg in cases:
