@@ -178,7 +178,7 @@ def _line_tilings(L: int, rows: tuple[int, ...], max_tiles: int) -> list[tuple[i
     return [(k, -(-L // k)) for k in rows if k <= max(16, _next_pow2(L)) and -(-L // k) <= max_tiles]
 
 
-def _split_tiles(L: int, C: int, B: int, itemsize: int, wide: bool = False) -> list[tuple[int, int, int, int]]:
+def _split_tile_grid(L: int, C: int, B: int, itemsize: int, wide: bool = False) -> list[tuple[int, int, int, int]]:
     """(rows, tiles, channels, warps) of the split-line kernels' sweeps: tiles of 16 / 32 / 64 rows
     (at most the line's power of two) covering the line in at most 6 tiles; channel blocks of
     8 / 16 / 32 (2 / 4 / 8 below 8 batch items, where programs are few), halved for fp32; 2-16
@@ -203,48 +203,43 @@ def _split_tiles(L: int, C: int, B: int, itemsize: int, wide: bool = False) -> l
 
 def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Split-line forward configs whose wrap-around neighbours go through the scratch buffer
-    (``LaunchConfig.scratch``): the tiles of :func:`_split_tiles`, the prefetch 1 or 2 steps ahead
+    (``LaunchConfig.scratch``): the tiles of :func:`_split_tile_grid`, the prefetch 1 or 2 steps ahead
     by hand."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig
 
     return [LaunchConfig(k, bc, warps, pf, 1, False, r, True)
-            for k, r, bc, warps in _split_tiles(L, C, B, itemsize) for pf in (1, 2)]
+            for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize) for pf in (1, 2)]
+
+
+def _wide_tiles(L: int, C: int, most_per_thread: int) -> list[tuple[int, int, int, int]]:
+    """(rows, tiles, channels, warps) of the wide sweeps: tiles of 16 / 32 / 64 rows covering the
+    line in at most 6 tiles, 16 / 32 / 64 channels, 8 or 16 warps, 1 to ``most_per_thread``
+    elements of a tile per thread."""
+    from cgspn.ops.gspn.triton_backend import _next_pow2
+
+    cmax = _next_pow2(C)
+    return [(k, r, bc, warps) for k, r in _line_tilings(L, (16, 32, 64), 6)
+            for bc in sorted({min(cmax, b) for b in (16, 32, 64)}) for warps in (8, 16)
+            if 32 * warps <= k * bc <= most_per_thread * 32 * warps]
 
 
 def wide_scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
-    """Scratch-exchange split forward configs with wide channel blocks and many warps: tiles of
-    16 / 32 / 64 rows covering the line in at most 6 tiles, 16 / 32 / 64 channels, 8 or 16 warps
-    (1-4 elements of a tile per thread), the prefetch 1 or 2 steps ahead. The scratch set's
-    heuristic-centred grid never paired 64-channel blocks with 16 warps; on the H200 that pairing
-    reached 79% of copy at 32 x 74 x 74 x 64 (bf16, per-channel gates) against the dispatch's 40%
-    (``tools/layout_probe.py``, 2026-12-01)."""
-    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+    """Scratch-exchange split forward configs with wide channel blocks and many warps
+    (:func:`_wide_tiles`, 1-4 elements of a tile per thread), the prefetch 1 or 2 steps ahead. The
+    scratch set's heuristic-centred grid never paired 64-channel blocks with 16 warps; on the H200
+    that pairing reached 79% of copy at 32 x 74 x 74 x 64 (bf16, per-channel gates) against the
+    dispatch's 40% (``tools/layout_probe.py``, 2026-12-01)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
 
-    cmax = _next_pow2(C)
-    out = []
-    for k, r in _line_tilings(L, (16, 32, 64), 6):
-        for bc in sorted({min(cmax, b) for b in (16, 32, 64)}):
-            for warps in (8, 16):
-                if not 32 * warps <= k * bc <= 4 * 32 * warps:
-                    continue
-                out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for pf in (1, 2)]
-    return out
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for k, r, bc, warps in _wide_tiles(L, C, 4) for pf in (1, 2)]
 
 
 def wide_scratch_backward_configs(L: int, C: int) -> list[Any]:
-    """Split-line backward configs (scratch exchange) with 16 / 32 / 64-channel blocks and 8 or 16
-    warps, 1-2 elements of a tile per thread (the backward keeps ten inputs live per element), no
-    prefetch or one step."""
-    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+    """Split-line backward configs (scratch exchange) of :func:`_wide_tiles` with 1-2 elements of a
+    tile per thread (the backward keeps ten inputs live per element), no prefetch or one step."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
 
-    cmax = _next_pow2(C)
-    out = []
-    for k, r in _line_tilings(L, (16, 32, 64), 6):
-        for bc in sorted({min(cmax, b) for b in (16, 32, 64)}):
-            for warps in (8, 16):
-                if 32 * warps <= k * bc <= 2 * 32 * warps:
-                    out += [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for pf in (0, 1)]
-    return out
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for k, r, bc, warps in _wide_tiles(L, C, 2) for pf in (0, 1)]
 
 
 def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
@@ -252,14 +247,14 @@ def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[An
     shared memory (``num_stages`` 2-4: ``cp.async``, S - 1 steps of loads in flight without holding
     registers), the wrap-around neighbours exchanged by ``tl.gather`` (the compiler's own shared
     memory and barriers, which the pipeliner may not reorder, unlike the scratch buffer's global
-    loads): the tiles of :func:`_split_tiles`. Compiled for sm_90 (Triton 3.6) at 32 x 147 x 147 x 64,
+    loads): the tiles of :func:`_split_tile_grid`. Compiled for sm_90 (Triton 3.6) at 32 x 147 x 147 x 64,
     per-channel gates, 16 warps, 3 stages: 99 registers, 122 KB of shared memory, no ``ld.global``
     left in the loop, 5 layout conversions and 12 barriers per step (the scratch kernel: 128
     registers, 1 barrier)."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig
 
     return [LaunchConfig(k, bc, warps, 0, stages, False, r, False)
-            for k, r, bc, warps in _split_tiles(L, C, B, itemsize, wide=True) for stages in (2, 3, 4)
+            for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize, wide=True) for stages in (2, 3, 4)
             if _staged_bytes(k * r, bc, itemsize) * (stages - 1) <= 200 * 1024]
 
 
@@ -290,12 +285,12 @@ def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
 
 def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
     """Split-line backward configs (always the scratch exchange): the tiles of
-    :func:`_split_tiles`, prefetch 0 or 1; with gate groups (GS > 1) each also with the gate
+    :func:`_split_tile_grid`, prefetch 0 or 1; with gate groups (GS > 1) each also with the gate
     gradients staged (``LaunchConfig.stage_dz``)."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig
 
     return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, stage)
-            for k, r, bc, warps in _split_tiles(L, C, B, itemsize)
+            for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize)
             for stage in ((False, True) if GS > 1 else (False,)) for pf in (0, 1)]
 
 
@@ -400,11 +395,10 @@ def run(args: argparse.Namespace) -> int:
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    if args.sweep_set == "wide":
-                        bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]] + wide_scratch_backward_configs(L, C)
-                    elif args.sweep_set in extra:  # forward-only sets sweep the scratch backward
-                        bwd_cfgs = [TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0]]
-                        bwd_cfgs += scratch_backward_configs(max(H, W), C, B, dtype.itemsize, C // G)
+                    if args.sweep_set in extra:  # the heuristic's config first; the other sets sweep the scratch backward
+                        bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]]
+                        bwd_cfgs += (wide_scratch_backward_configs(L, C) if args.sweep_set == "wide"
+                                     else scratch_backward_configs(L, C, B, it, C // G))
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
                     bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]

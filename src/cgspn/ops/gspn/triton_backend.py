@@ -124,6 +124,11 @@ def _programs(B: int, C: int, bc: int) -> int:
     return B * 4 * -(-C // bc)
 
 
+def _one_wave(B: int, C: int, bc: int) -> bool:
+    """About one program per SM (>= 0.9 x the SM count), which the wide sweeps' fastest configs had."""
+    return _programs(B, C, bc) >= (9 * _SM_COUNT_GUESS) // 10
+
+
 def _split_tiles(L: int) -> tuple[int, int] | None:
     """(rows, tiles) of the scratch split kernels for lines of L positions: 16 rows up to 96
     positions, 32 up to 192, 64 up to 384 (at most 6 tiles); None outside 33-384."""
@@ -163,7 +168,7 @@ def scratch_forward_config(B: int, L: int, C: int, itemsize: int) -> LaunchConfi
     per_thread = 10 if itemsize <= 2 else 20
     cmax = _next_pow2(C)
     bc = min(cmax, max(1, _next_pow2(5120 // (k * r) + 1) // 2))
-    while bc > 1 and _programs(B, C, bc) < (9 * _SM_COUNT_GUESS) // 10:
+    while bc > 1 and not _one_wave(B, C, bc):
         bc //= 2
     warps = max(2, min(16, _next_pow2(k * r * bc // (32 * per_thread))))
     prefetch = 2 if (itemsize <= 2 and warps < 16) else 1
@@ -188,8 +193,9 @@ def few_programs_forward_config(B: int, L: int, C: int, GS: int, itemsize: int) 
 def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int) -> LaunchConfig:
     """The launch configuration gspn2d's forward uses.
 
-    Lines of 33-384 positions: the split-line kernel with the scratch exchange
-    (:func:`scratch_forward_config`; 1.8-2.7x the general kernel on the H200). Shorter lines: the
+    Very small batches on lines of 97-192: :func:`few_programs_forward_config`. Lines of 33-384
+    positions: the split-line kernel with the scratch exchange (:func:`scratch_forward_config`;
+    1.3-3.0x the general kernel on the H200). Shorter lines: the
     general kernel (:func:`forward_config`), except where the shuffle split-line kernel measured
     faster: one tile of <= 32 rows with gate groups that do not tile the general kernel's channel
     block, which would make it normalise the gates once per channel (e.g. 768 channels in 16
@@ -200,10 +206,8 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     if few is not None:
         return few
     scratch = scratch_forward_config(B, L, C, itemsize)
-    # measured faster (docs/benchmarks.md): lines > 96 with programs enough for every gate
-    # grouping; lines of 33-96 only with gate groups (1 < GS < C: per-channel and shared gates ran
-    # as fast or faster in the general kernel at 74 x 74); few programs (B = 1): not, but with
-    # per-channel gates in 2-byte dtypes
+    # measured faster (docs/benchmarks.md): every gate grouping and dtype with about one program per
+    # SM; with fewer programs only per-channel gates in 2-byte dtypes
     enough = _programs(B, C, min(32, _next_pow2(C))) >= _SM_COUNT_GUESS
     if scratch is not None and (enough or (GS == 1 and itemsize <= 2)):
         return scratch
@@ -263,7 +267,7 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
       on lines of at most 96 (74 x 74: 0.486 against 0.549 ms with 16 channels);
     * one gate group for all channels (GS = C): only on lines of 33-96, as 32-row tiles, 32
       channels, 16 warps, prefetch 1 (74 x 74: 0.507 against the general kernel's 0.594 ms; at
-      147 x 147 the fastest such config spilled and gained 8%, so the general kernel runs).
+      147 x 147 the fastest such config spilled and gained 8%, so the general kernel runs);
     * fp32, every gate grouping: 32 channels, 8 warps on lines of at most 96 (prefetch one step
       except with per-channel gates, where it spills), 16 channels, 8 warps, no prefetch on lines of
       97-192 (147 x 147: 3.35 / 2.99 / 3.31 ms for per-channel / 4-channel / shared gates against
@@ -277,7 +281,7 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
         return None
     k, r = tiles
     wide = min(32, cmax)
-    wide_ok = L <= 96 and _programs(B, C, wide) >= (9 * _SM_COUNT_GUESS) // 10
+    wide_ok = L <= 96 and _one_wave(B, C, wide)
     if itemsize > 2:
         if wide_ok:
             return LaunchConfig(k, wide, 8, 0 if GS == 1 else 1, 1, False, r, True)
