@@ -221,6 +221,11 @@ SPLIT_CASES = [
     ((1, 6, 5, 40, 5, None, True), (2, 16, 1, 4, 1, True, 1)),
     ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2, 1, True, 1)),  # shared gates
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, True, 2)),  # one tile (R = 1)
+    # (..., prefetch, fence): a barrier after each step's loads
+    ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 3, 1, True, 1, True)),
+    ((2, 5, 7, 8, 8, 3, True), (2, 8, 2, 4, 1, True, 0, True)),  # windows, no prefetch
+    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1, True, 2, True)),  # masked channels, prefetch 2
+    ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2, 1, False, 0, True)),  # the shuffle exchange
 ]
 
 
@@ -234,8 +239,8 @@ def test_split_forward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, _ = _split_case_inputs(case, seed=7)
     rows, bc, warps, tiles, *rest = cfg
-    stages, scratch, prefetch = (rest + [1, False, 0][len(rest):]) if rest else (1, False, 0)
-    config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch)
+    stages, scratch, prefetch, fence = rest + [1, False, 0, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch, fence=fence)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     y, hs = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam_in, z)), None if u is None else u.to(DEVICE), chunk,
                                  True, config, lam_logits=lam_logits)
@@ -290,6 +295,10 @@ SPLIT_BWD_CASES = [
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, True)),  # mode 1, R = 1
     ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, True)),  # per-channel gates: staging not used
     ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1, True)),  # mode 2: staging not used
+    # (..., prefetch, stage_dz, fence): a barrier after each step's loads
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, True)),  # mode 1, windows, no prefetch
+    ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, False, True)),  # mode 0
+    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True, True)),  # mode 3, staged
 ]
 
 
@@ -302,8 +311,9 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
 
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, dy = _split_case_inputs(case, seed=11)
-    rows, bc, warps, tiles, pf, *stage = cfg
-    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, bool(stage and stage[0]))
+    rows, bc, warps, tiles, pf, *rest = cfg
+    stage, fence = rest + [False, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, stage, fence)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     dev = lambda t: None if t is None else t.to(DEVICE)
     h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")  # the forward state

@@ -45,11 +45,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide"],
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence"],
                    help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
                         "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
                         "plus the split kernels with Triton-pipelined loads; or (forward) the heuristic's plus the scratch split kernels with "
-                        "wide channel blocks and 8-16 warps (default: %(default)s)")
+                        "wide channel blocks and 8-16 warps; or the heuristic's with and without a barrier after each step's loads, plus the "
+                        "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -242,6 +243,33 @@ def wide_scratch_backward_configs(L: int, C: int) -> list[Any]:
     return [LaunchConfig(k, bc, warps, pf, 1, False, r, True) for k, r, bc, warps in _wide_tiles(L, C, 2) for pf in (0, 1)]
 
 
+def fence_configs(L: int, C: int, B: int = 32, itemsize: int = 2, G: int | None = None) -> list[Any]:
+    """Forward configs with a barrier right after each step's input loads (``LaunchConfig.fence``:
+    ptxas otherwise issues the prefetch loads after the step's math): the heuristic's own config
+    with it, then the wide scratch configs (B >= 8) or the small-batch scratch configs (B < 8), one
+    step of prefetch, with it."""
+    import dataclasses
+
+    from cgspn.ops.gspn import triton_backend as TB
+
+    base = TB.gspn2d_forward_config(B, L, L, C, C if G is None else G, itemsize)
+    out = [dataclasses.replace(base, fence=True)] if base.split else []
+    grid = wide_scratch_configs(L, C, B, itemsize) if B >= 8 else scratch_configs(L, C, B, itemsize)
+    return out + [dataclasses.replace(c, fence=True) for c in grid if c.prefetch == 1 and c != base]
+
+
+def fence_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Backward configs with ``LaunchConfig.fence``: the heuristic's (when it is a split kernel) and
+    the wide scratch backward configs with one step of prefetch."""
+    import dataclasses
+
+    from cgspn.ops.gspn import triton_backend as TB
+
+    base, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize)
+    out = [dataclasses.replace(base, fence=True)] if base.split else []
+    return out + [dataclasses.replace(c, fence=True) for c in wide_scratch_backward_configs(L, C) if c.prefetch == 1]
+
+
 def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Split-line forward configs whose input loads Triton's software pipeliner stages through
     shared memory (``num_stages`` 2-4: ``cp.async``, S - 1 steps of loads in flight without holding
@@ -356,6 +384,7 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
             out.append({"B": r["B"], "H": r["H"], "W": r["W"], "C": r["C"], "G": r["G"], "dtype": r["dtype"], "pass": which,
                         "heuristic_ms": r[f"{which}_ms"], "best_ms": b[f"{which}_ms"], "gain": r[f"{which}_ms"] / b[f"{which}_ms"],
                         "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} stages={c['num_stages']} "
+                                        f"pf={c['prefetch']} scratch={int(c.get('scratch', 0))} fence={int(c.get('fence', 0))} "
                                         if c.get("split") else f"bl={c['block_l']} pf={c['prefetch']} j={int(c['joined'])} ")
                         + f"bc={c['block_c']} w={c['num_warps']}"})
     return out
@@ -386,7 +415,8 @@ def run(args: argparse.Namespace) -> int:
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
                 L, it = max(H, W), dtype.itemsize
                 extra = {"scratch": lambda: scratch_configs(L, C, B, it), "latency": lambda: latency_configs(L, C, it),
-                         "pipelined": lambda: pipelined_configs(L, C, B, it), "wide": lambda: wide_scratch_configs(L, C, B, it)}
+                         "pipelined": lambda: pipelined_configs(L, C, B, it), "wide": lambda: wide_scratch_configs(L, C, B, it),
+                         "fence": lambda: fence_configs(L, C, B, it, G)}
                 if args.sweep_set in extra:  # the heuristic's config first, then the set's
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + extra[args.sweep_set]()
                 else:
@@ -398,6 +428,7 @@ def run(args: argparse.Namespace) -> int:
                     if args.sweep_set in extra:  # the heuristic's config first; the other sets sweep the scratch backward
                         bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]]
                         bwd_cfgs += (wide_scratch_backward_configs(L, C) if args.sweep_set == "wide"
+                                     else fence_backward_configs(L, C, C // G, B, it) if args.sweep_set == "fence"
                                      else scratch_backward_configs(L, C, B, it, C // G))
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)

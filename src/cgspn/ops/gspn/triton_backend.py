@@ -54,7 +54,9 @@ class LaunchConfig:
         ``num_warps`` warps (fewer elements per thread); ``prefetch`` (0-2) then applies;
     stage_dz: split-line backward only: gate-group gradients through a staging buffer
         (``triton_split.split_backward_source(stage=True)``; measured slower than the direct stores
-        on the H200, 2026-12-01, so never picked by the dispatch).
+        on the H200, 2026-12-01, so never picked by the dispatch);
+    fence: split-line kernels only: a barrier right after each step's input loads, which keeps
+        ptxas from scheduling them after the step's math (``triton_split.split_forward_source``).
     """
 
     block_l: int
@@ -66,6 +68,7 @@ class LaunchConfig:
     split: int = 0
     scratch: bool = False
     stage_dz: bool = False
+    fence: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -454,7 +457,7 @@ def gspn2d_fwd_launch(
         ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
     )
     if cfg.split:
-        kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch, cfg.prefetch if cfg.scratch else 1)
+        kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch, cfg.prefetch if cfg.scratch else 1, cfg.fence)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_fwd_kernel
@@ -534,7 +537,7 @@ def gspn2d_bwd_launch(
         ZW=_z_tile_width(GS, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
     )
     if cfg.split:
-        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.stage_dz)
+        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.stage_dz, cfg.fence)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_bwd_kernel

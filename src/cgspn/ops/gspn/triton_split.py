@@ -159,7 +159,7 @@ def _input_loads(a, ind: str, pos: str, sfx: str, tiles: range, no_u: str, pre: 
 _NAMES = (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc"))
 
 
-def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1) -> str:
+def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False) -> str:
     """Source of the forward kernel for lines split into R tiles (see the module docstring).
 
     ``stages`` <= 1: the inputs are loaded into registers ``prefetch`` (0, 1 or 2) steps ahead of
@@ -171,6 +171,10 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     buffered, one barrier per step) instead of warp shuffles, so a tile may span several warps
     (``num_warps`` > 1) and a thread holds fewer elements. Not combinable with ``stages`` >= 2
     (the pipeliner would hoist the buffer's loads above the barrier).
+    ``fence``: a barrier right after each step's input loads. Without it, ptxas schedules the
+    prefetch loads after the step's math (they have no consumer in the loop body), at 40-75% of
+    it (sm_90, Triton 3.6), so their latency is exposed at the next step; the barrier keeps them
+    at the top of the step (``bar.sync`` does not wait for loads in flight).
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -183,7 +187,7 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def {_kernel_name(R, stages, scratch, prefetch)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
+    a(f"def {_kernel_name(R, stages, scratch, prefetch, fence)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
     _prologue(a, _NAMES)
     _bases(a)
     a("    yb = Y + b64 * spb + d * spd")
@@ -213,6 +217,8 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
         else:
             a(f"        posn = first + step * tl.minimum(t + {depth}, n - 1)  # past the window: re-read the last line")
             loads("posn", ahead[depth], "        ")
+    if fence:
+        a("        tl.debug_barrier()  # the loads above are issued before the math below")
     for r in tiles:
         a(f"        g1_{r}, g2_{r}, g3_{r}, _s1, _s2, _s3, _inv = _gates(z1c{r}.to(tl.float32), z2c{r}.to(tl.float32), "
           f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM, FAST)")
@@ -254,19 +260,21 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     return "\n".join(s) + "\n"
 
 
-def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int) -> str:
+def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int, fence: bool = False) -> str:
+    f = "_f" if fence else ""
     if stages >= 2:
-        return f"gspn_fwd_split_r{R}_s{stages}"
-    return f"gspn_fwd_split_r{R}{'_scr' if scratch else ''}_p{prefetch}"
+        return f"gspn_fwd_split_r{R}_s{stages}{f}"
+    return f"gspn_fwd_split_r{R}{'_scr' if scratch else ''}_p{prefetch}{f}"
 
 
 @functools.lru_cache(maxsize=None)
-def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1):
+def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False):
     """The jitted forward kernel for lines split into R tiles (compiled by Triton on first launch);
     arguments as in :func:`split_forward_source`."""
     stages = max(1, int(stages))
-    src = split_forward_source(R, stages, scratch, prefetch)
-    filename = f"<cgspn.ops.gspn.triton_split: forward, R={R}, stages={stages}, scratch={scratch}, prefetch={prefetch}>"
+    src = split_forward_source(R, stages, scratch, prefetch, fence)
+    filename = (f"<cgspn.ops.gspn.triton_split: forward, R={R}, stages={stages}, scratch={scratch}, "
+                f"prefetch={prefetch}, fence={fence}>")
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {
         "tl": tl,
@@ -279,7 +287,7 @@ def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetc
         "_shift_next": K._shift_next,
     }
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch)])
+    return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch, fence)])
 
 
 _BWD_SIGNATURE = (
@@ -291,7 +299,7 @@ _BWD_SIGNATURE = (
 )
 
 
-def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str:
+def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence: bool = False) -> str:
     """Source of the split-line backward for lines split into R tiles (line position
     ``i = k * R + r``), the reverse walk of :func:`split_forward_source` with the scratch exchange.
 
@@ -311,6 +319,8 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
     DZ. Compiled for sm_90, the direct per-group stores cost 15 layout conversions (30 barriers) per
     step at R = 5, because their pointers are not contiguous along the channels; staged, the
     exchange rides on the barrier the scratch already needs.
+
+    ``fence``: a barrier right after each step's input loads, as in :func:`split_forward_source`.
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -320,7 +330,7 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
     s: list[str] = []
     a = s.append
     sig = _BWD_SIGNATURE.replace("DZ, SCR,", "DZ, SCR, SZ,") if stage else _BWD_SIGNATURE
-    a(f"def {_bwd_name(R, prefetch, stage)}({sig}):")
+    a(f"def {_bwd_name(R, prefetch, stage, fence)}({sig}):")
     grouped = "(GROUP_MODE == 1 or GROUP_MODE == 3)"
     _prologue(a, _NAMES + (("dz", "sdr", "sdc"),))
     a("    if GROUP_MODE == 1:")
@@ -375,6 +385,8 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
         loads("t", "c", "        ")
         a("        pos = pos_c")
         a("        okp = t > 0")
+    if fence:
+        a("        tl.debug_barrier()  # the loads above are issued before the math below")
     # h of the previous step (zero before the window's first step)
     for r in tiles:
         a(f"        hpv{r} = tl.where(okp, hqc{r}.to(tl.float32), 0.0)")
@@ -468,16 +480,16 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False) -> str
 
 
 @functools.lru_cache(maxsize=None)
-def split_backward_kernel(R: int, prefetch: int = 1, stage: bool = False):
+def split_backward_kernel(R: int, prefetch: int = 1, stage: bool = False, fence: bool = False):
     """The jitted split-line backward for lines split into R tiles (:func:`split_backward_source`)."""
-    src = split_backward_source(R, prefetch, stage)
-    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, stage={stage}>"
+    src = split_backward_source(R, prefetch, stage, fence)
+    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, stage={stage}, fence={fence}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
              "_lam": K._lam, "_group_sum": K._group_sum}
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_bwd_name(R, prefetch, stage)])
+    return triton.jit(scope[_bwd_name(R, prefetch, stage, fence)])
 
 
-def _bwd_name(R: int, prefetch: int, stage: bool) -> str:
-    return f"gspn_bwd_split_r{R}_p{prefetch}{'_stage' if stage else ''}"
+def _bwd_name(R: int, prefetch: int, stage: bool, fence: bool = False) -> str:
+    return f"gspn_bwd_split_r{R}_p{prefetch}{'_stage' if stage else ''}{'_f' if fence else ''}"
