@@ -70,8 +70,10 @@ def test_split_forward_where_the_dispatch_picks_it(dtype):
 
 
 @pytest.mark.parametrize("cfg", [(32, 8, 1, 0, 1, 0, 5), (32, 4, 1, 0, 3, 0, 5), (256, 8, 4, 0, 3, 0, 0),
-                                 (32, 8, 4, 1, 1, 0, 5, 1), (32, 4, 2, 2, 1, 0, 5, 1), (32, 16, 8, 1, 1, 0, 5, 1)],
-                         ids=["split5", "split5-piped", "general-piped", "scratch-8c4w", "scratch-4c2w-pf2", "scratch-16c8w"])
+                                 (32, 8, 4, 1, 1, 0, 5, 1), (32, 4, 2, 2, 1, 0, 5, 1), (32, 16, 8, 1, 1, 0, 5, 1),
+                                 (32, 32, 16, 1, 1, 0, 5, 1, 1), (64, 4, 8, 1, 1, 0, 3, 1, 1)],
+                         ids=["split5", "split5-piped", "general-piped", "scratch-8c4w", "scratch-4c2w-pf2", "scratch-16c8w",
+                              "scratch-32c16w-fence", "scratch-64rows-fence"])
 @pytest.mark.parametrize("G,chunk", [(16, None), (64, 7)], ids=["G16", "G64-chunk7"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_forward_launch_variants_the_sweep_times(cfg, G, chunk, dtype):
@@ -84,7 +86,7 @@ def test_forward_launch_variants_the_sweep_times(cfg, G, chunk, dtype):
     g = torch.Generator(device="cuda").manual_seed(3)
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C)
-    config = TB.LaunchConfig(*cfg[:5], bool(cfg[5]), cfg[6], bool(cfg[7]) if len(cfg) > 7 else False)
+    config = TB.LaunchConfig(*cfg[:5], bool(cfg[5]), cfg[6], *(bool(v) for v in cfg[7:8]), fence=bool(cfg[8:9] and cfg[8]))
     y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, chunk, True, config)
     yr = gspn2d(x.double(), lam.double(), z.double(), u=u.double(), chunk=chunk, backend="reference")
     hr = gspn2d(x.double(), lam.double(), z.double(), chunk=chunk, backend="reference")
@@ -130,23 +132,30 @@ SPLIT_BWD_GPU = [  # (rows, channels, warps, prefetch, tiles), G, chunk, dtype: 
     ((32, 16, 8, 0, 5), 64, 7, _FP32), ((32, 8, 8, 0, 5), 16, None, _FP32),
     # (..., stage_dz): gate-group gradients through the staging buffer (passed on the H200, 2026-12-01)
     ((32, 16, 8, 0, 5, True), 16, None, _BF16), ((32, 8, 8, 0, 5, True), 16, 7, _BF16), ((32, 16, 8, 0, 5, True), 4, None, _BF16),
+    # (..., stage_dz, fence): a barrier after each step's loads
+    ((32, 16, 8, 1, 5, False, True), 64, 7, _BF16), ((32, 16, 8, 1, 5, False, True), 16, None, _FP32),
+]
+SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 74 x 74 x 64), G = C / 16 / 1
+    ((16, 32, 8, 1, 5), 64, None, _BF16), ((16, 16, 4, 0, 5), 16, 7, _BF16), ((32, 32, 16, 1, 3), 1, None, _BF16),
+    ((16, 32, 8, 0, 5), 64, None, _FP32), ((16, 32, 8, 1, 5), 16, None, _FP32), ((16, 32, 8, 1, 5, False, True), 64, 2, _BF16),
 ]
 
 
-@pytest.mark.parametrize("cfg,G,chunk,dtype", SPLIT_BWD_GPU,
+@pytest.mark.parametrize("cfg,G,chunk,dtype,L", [c + (147,) for c in SPLIT_BWD_GPU] + [c + (74,) for c in SPLIT_BWD_GPU_74],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v).replace("torch.", ""))
-def test_split_backward_launch_variants(cfg, G, chunk, dtype):
+def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     """The split-line backward (scratch exchange) that ``bench op --sweep --sweep-set scratch``
     times: every gradient against the float64 reference's autograd."""
     from cgspn.ops.gspn import triton_backend as TB
 
-    B, H, W, C = 2, 147, 147, 64
+    B, H, W, C = 2, L, L, 64
     g = torch.Generator(device="cuda").manual_seed(5)
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
-    k, bc, warps, pf, r, *stage = cfg
+    k, bc, warps, pf, r, *rest = cfg
+    stage, fence = rest + [False, False][len(rest):]
     h = gspn2d(x, lam, z, chunk=chunk)
-    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, bool(stage and stage[0]))
+    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, stage, fence)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, config)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())
