@@ -15,7 +15,7 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 1 --pass bwd --json out.json
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,74,74,64 --groups 16,C --sweep   # bench op's sweep grid
 
-``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,stage_dz[,fence]]].
+``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,stage_dz[,fence[,maxnreg]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
 you want to see (the H200 has 3.6; pip may bring a newer one here).
 """
@@ -59,7 +59,7 @@ def signature_of(launch: Any) -> tuple[dict[str, str], dict[tuple[int, ...], Any
         else:
             raise TypeError(f"argument {name}: unsupported {type(value).__name__}")
     for name, value in launch.meta.items():
-        if name in ("num_warps", "num_stages", "num_ctas"):
+        if name in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
             continue
         sig[name] = "constexpr"
         cons[(names.index(name),)] = value
@@ -92,7 +92,7 @@ def compile_report(launch: Any, arch: int = 90) -> dict[str, Any]:
 
     sig, cons, attrs = signature_of(launch)
     src = ASTSource(launch.kernel, sig, constexprs=cons, attrs=attrs)
-    opts = {k: v for k, v in launch.meta.items() if k in ("num_warps", "num_stages")}
+    opts = {k: v for k, v in launch.meta.items() if k in ("num_warps", "num_stages", "maxnreg")}
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     ttgir, ptx = k.asm["ttgir"], k.asm["ptx"]
     loop = ttgir[ttgir.find("scf.for"):] if "scf.for" in ttgir else ""
@@ -121,9 +121,9 @@ def _config(text: str | None):
     if not text:
         return None
     v = [int(t) for t in text.split(",")]
-    if len(v) not in (7, 8, 9, 10):
-        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,stage_dz[,fence]]] (7-10 integers)")
-    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:]))
+    if len(v) not in (7, 8, 9, 10, 11):
+        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,stage_dz[,fence[,maxnreg]]]] (7-11 integers)")
+    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:10]), *v[10:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,3 +121,20 @@ def test_precompile_runs_the_configs_in_workers_and_reports_failures():
     short = ("fwd", LaunchConfig(2, 4, 1, 1, 1, False, 1, True))  # 1 tile of 2 rows < lines of 6
     secs, failed = precompile((1, 6, 5, 4), 4, "fp32", True, None, [good, short], 1, "cpu")
     assert secs > 0 and len(failed) == 1 and "block_l=2" in failed[0] and "covers lines" in failed[0]
+
+
+def test_fence_and_regcap_sweep_sets():
+    """`--sweep-set fence` puts a barrier after the loads of the heuristic's split config and of the
+    wide configs; `--sweep-set regcap` caps the registers of 4-8-warp configs so that 2-4 programs
+    share an SM's 64 K registers."""
+    from cgspn.bench.op import _caps, fence_backward_configs, fence_configs, regcap_backward_configs, regcap_configs
+    from cgspn.ops.gspn import triton_backend as TB
+
+    assert _caps(8, 3) == [128] and _caps(4, 4) == [168, 128] and _caps(4, 2) == []
+    for L in (74, 147):
+        fwd, bwd = fence_configs(L, 64, 32, 2, 16), fence_backward_configs(L, 64, 4, 32, 2)
+        assert fwd[0] == TB.LaunchConfig(**{**TB.gspn2d_forward_config(32, L, L, 64, 16, 2).__dict__, "fence": True})
+        assert all(c.fence and c.split for c in fwd + bwd)
+        for cfg in regcap_configs(L, 64) + regcap_backward_configs(L, 64):
+            assert cfg.scratch and 4 <= cfg.num_warps <= 8 and cfg.maxnreg in (128, 168)
+            assert cfg.maxnreg * cfg.num_warps * 32 * 2 <= 65536

@@ -364,6 +364,7 @@ def test_dispatch_follows_the_measurements():
     for G, bc in ((64, 4), (16, 8), (1, 4)):  # one image's latent: 64-row tiles, one element per thread
         cfg = f(1, 147, 147, 64, G, 2)
         assert cfg.scratch and (cfg.block_l, cfg.split, cfg.block_c, cfg.num_warps) == (64, 3, bc, 8)
+    assert f(1, 147, 147, 64, 1, 2).fence and not f(1, 147, 147, 64, 16, 2).fence and not f(1, 147, 147, 64, 64, 2).fence
     assert f(1, 147, 147, 64, 16, 4).block_l != 64 and f(4, 147, 147, 64, 16, 2).block_l != 64
     b = lambda L, G, B, it: TB.backward_config(L, 64, 64 // G, B=B, itemsize=it)[0]
     assert b(147, 16, 32, 2).split and b(74, 64, 32, 2).split
@@ -373,6 +374,26 @@ def test_dispatch_follows_the_measurements():
         assert shape(b(74, G, 32, 4)) == (16, 5, 32, 8, 0 if G == 64 else 1)
     assert shape(b(74, 64, 32, 2)) == (16, 5, 32, 8, 1) and shape(b(74, 16, 32, 2)) == (16, 5, 16, 4, 0)
     assert shape(b(74, 1, 32, 2)) == (32, 3, 32, 16, 1)
+
+
+def test_backward_narrows_the_block_inside_gate_groups_that_do_not_tile_it():
+    """768 channels in 16 groups of 48 on 14-long lines: 16-channel blocks inside one group (mode 3,
+    one partial per block) instead of per-channel fp32 gate gradients (mode 2); the same launch
+    shape on a small grid against the float64 reference."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    cfg, mode = TB.backward_config(14, 768, 48, B=64, itemsize=2)
+    assert (cfg.split, cfg.block_c, cfg.num_warps, mode) == (0, 16, 1, 3)
+    assert TB.backward_config(14, 768, 12, B=64, itemsize=2)[1] == 2  # groups of 12: no 8-channel block inside
+    B, H, W, C, G = 1, 5, 7, 96, 2
+    x, lam, z, u, dy = _split_case_inputs((B, H, W, C, G, None, True), seed=13)
+    lam = torch.sigmoid(lam)
+    h = gspn2d(x, lam, z, backend="reference")
+    got = TB.gspn2d_bwd_triton(*(t.to(DEVICE) for t in (dy, x, lam, z, u, h)), None, cfg)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
+    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+        assert_close(name, a, b, 1e-5)
 
 
 def test_split_config_shorter_than_the_line_is_refused():

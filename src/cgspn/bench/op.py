@@ -45,12 +45,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence"],
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence", "regcap"],
                    help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
                         "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
                         "plus the split kernels with Triton-pipelined loads; or (forward) the heuristic's plus the scratch split kernels with "
                         "wide channel blocks and 8-16 warps; or the heuristic's with and without a barrier after each step's loads, plus the "
-                        "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward (default: %(default)s)")
+                        "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward; or the heuristic's plus scratch "
+                        "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -270,6 +271,41 @@ def fence_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     return out + [dataclasses.replace(c, fence=True) for c in wide_scratch_backward_configs(L, C) if c.prefetch == 1]
 
 
+def _caps(warps: int, most_programs: int) -> list[int]:
+    """Register caps (``LaunchConfig.maxnreg``, multiples of 8, 96-248) that let 2 ..
+    ``most_programs`` programs of ``warps`` warps share an SM's 64 K registers."""
+    out = []
+    for n in range(2, most_programs + 1):
+        if n * warps > 64:
+            break
+        cap = min(255, (65536 // (n * warps * 32)) // 8 * 8)
+        if 96 <= cap < 255 and cap not in out:  # 255 is no cap; below 96 the kernels spill heavily
+            out.append(cap)
+    return out
+
+
+def regcap_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Scratch split forward configs of 4-8 warps with the registers capped so that 2-4 programs
+    share an SM (:func:`_caps`): each program's barrier then stalls only its own warps while the
+    others compute (the dispatch's 16-warp programs run one per SM). Tiles of
+    :func:`_split_tile_grid` (wide), one step of prefetch."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
+
+    return [LaunchConfig(k, bc, warps, 1, 1, False, r, True, maxnreg=cap)
+            for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize, wide=True) if 4 <= warps <= 8
+            for cap in _caps(warps, 3 if warps == 8 else 4)]
+
+
+def regcap_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Split backward configs of 4-8 warps with the registers capped so that two programs share an
+    SM; no prefetch or one step."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
+
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, maxnreg=cap)
+            for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize) if 4 <= warps <= 8 for pf in (0, 1)
+            for cap in _caps(warps, 2) or [128]]
+
+
 def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Split-line forward configs whose input loads Triton's software pipeliner stages through
     shared memory (``num_stages`` 2-4: ``cp.async``, S - 1 steps of loads in flight without holding
@@ -384,7 +420,7 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
             out.append({"B": r["B"], "H": r["H"], "W": r["W"], "C": r["C"], "G": r["G"], "dtype": r["dtype"], "pass": which,
                         "heuristic_ms": r[f"{which}_ms"], "best_ms": b[f"{which}_ms"], "gain": r[f"{which}_ms"] / b[f"{which}_ms"],
                         "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} stages={c['num_stages']} "
-                                        f"pf={c['prefetch']} scratch={int(c.get('scratch', 0))} fence={int(c.get('fence', 0))} "
+                                        f"pf={c['prefetch']} scratch={int(c.get('scratch', 0))} fence={int(c.get('fence', 0))} maxnreg={c.get('maxnreg', 0)} "
                                         if c.get("split") else f"bl={c['block_l']} pf={c['prefetch']} j={int(c['joined'])} ")
                         + f"bc={c['block_c']} w={c['num_warps']}"})
     return out
@@ -416,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
                 L, it = max(H, W), dtype.itemsize
                 extra = {"scratch": lambda: scratch_configs(L, C, B, it), "latency": lambda: latency_configs(L, C, it),
                          "pipelined": lambda: pipelined_configs(L, C, B, it), "wide": lambda: wide_scratch_configs(L, C, B, it),
-                         "fence": lambda: fence_configs(L, C, B, it, G)}
+                         "fence": lambda: fence_configs(L, C, B, it, G), "regcap": lambda: regcap_configs(L, C, B, it)}
                 if args.sweep_set in extra:  # the heuristic's config first, then the set's
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + extra[args.sweep_set]()
                 else:
@@ -429,6 +465,7 @@ def run(args: argparse.Namespace) -> int:
                         bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]]
                         bwd_cfgs += (wide_scratch_backward_configs(L, C) if args.sweep_set == "wide"
                                      else fence_backward_configs(L, C, C // G, B, it) if args.sweep_set == "fence"
+                                     else regcap_backward_configs(L, C, B, it) if args.sweep_set == "regcap"
                                      else scratch_backward_configs(L, C, B, it, C // G))
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)

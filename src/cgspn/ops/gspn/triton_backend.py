@@ -56,7 +56,9 @@ class LaunchConfig:
         (``triton_split.split_backward_source(stage=True)``; measured slower than the direct stores
         on the H200, 2026-12-01, so never picked by the dispatch);
     fence: split-line kernels only: a barrier right after each step's input loads, which keeps
-        ptxas from scheduling them after the step's math (``triton_split.split_forward_source``).
+        ptxas from scheduling them after the step's math (``triton_split.split_forward_source``);
+    maxnreg: a cap on the registers per thread (0: the compiler's choice), e.g. 128 at 8 warps so
+        that two programs fit on an SM and one computes while the other waits at its barrier.
     """
 
     block_l: int
@@ -69,6 +71,7 @@ class LaunchConfig:
     scratch: bool = False
     stage_dz: bool = False
     fence: bool = False
+    maxnreg: int = 0
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -185,12 +188,15 @@ def few_programs_forward_config(B: int, L: int, C: int, GS: int, itemsize: int) 
     warps, so that a thread holds one element of each tile. Measured on the H200 (bf16,
     1 x 147 x 147 x 64, ``bench op --sweep-set latency``, 2026-12-01): 0.146 / 0.129 / 0.156 ms for
     per-channel / 4-channel / shared gates against 0.209 / 0.238 / 0.169 ms for the previous rule.
+    With one gate group for all channels (GS = C) a barrier after each step's loads
+    (``LaunchConfig.fence``) took it from 0.129 to 0.121 ms (``--sweep-set fence``, fifth session;
+    it was slower with per-channel or 4-channel gates).
     None outside lines of 97-192 positions, 2-byte inputs and B x C <= 132 (not measured there)."""
     if itemsize > 2 or not 96 < L <= 192 or B * C > _SM_COUNT_GUESS:
         return None
     cmax = _next_pow2(C)
     bc = min(cmax, 8 if 1 < GS < C else 4)
-    return LaunchConfig(64, bc, 8, 1, 1, False, -(-L // 64), True)
+    return LaunchConfig(64, bc, 8, 1, 1, False, -(-L // 64), True, fence=GS == C and C > 1)
 
 
 def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int) -> LaunchConfig:
@@ -229,6 +235,13 @@ def backward_config(
 
     Modes: 0 = one gate per channel; 1 = power-of-two groups summed inside a channel block;
     2 = per-channel scratch summed by the caller; 3 = the block lies inside one group.
+
+    Gate groups that neither divide nor tile the general kernel's block (e.g. 768 channels in 16
+    groups of 48) would need mode 2, which writes per-channel fp32 gate gradients for the caller to
+    sum. Instead the block is narrowed to the largest power of two dividing the group (at most 16;
+    8 at least), one warp per 256 elements: mode 3. Measured on the H200 (64 x 14 x 14 x 768,
+    G = 16, ``bench op --sweep``, fifth session): 0.42 / 0.49 ms per call in bf16 / fp32 against
+    1.44 / 1.24 ms for mode 2 (kernel alone 0.83 / 0.59 ms).
     """
     split = None if override is not None else scratch_backward_config(B, L, C, itemsize, GS)
     if override is not None:
@@ -250,6 +263,9 @@ def backward_config(
         # and on long lines with per-channel gates when there are programs enough to hide latency
         joined = not ((bl <= 32 and GS % bc == 0) or (GS == 1 and bl >= 128 and _enough_programs(B, C, bc)))
         cfg = LaunchConfig(bl, bc, warps, 1, 1, joined)
+        inside = min(16, GS & -GS)  # the largest power of two dividing the group, at most 16
+        if GS > 1 and GS % bc and bc % GS and inside >= 8:
+            cfg = LaunchConfig(bl, inside, max(1, min(16, bl * inside // 256)), 1, 1, True)
     if GS == 1:
         return cfg, 0
     if GS % cfg.block_c == 0:
@@ -397,6 +413,12 @@ class KernelLaunch:
         return self.kernel[self.grid](*self.args, **self.meta)
 
 
+def _register_cap(cfg: LaunchConfig, x: torch.Tensor) -> dict[str, int]:
+    """``maxnreg`` for the launch when the config caps the registers (a CUDA compile option: not
+    passed to the interpreter, which compiles nothing)."""
+    return {"maxnreg": cfg.maxnreg} if cfg.maxnreg and x.device.type != "cpu" else {}
+
+
 def _z_views(z: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
     """The three logit planes of z (B,H,W,4,3,G) and the strides the kernels read them with."""
     return (z[..., 0, :], z[..., 1, :], z[..., 2, :]), (z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5))
@@ -455,6 +477,7 @@ def gspn2d_fwd_launch(
     meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
         ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
+        **_register_cap(cfg, x),
     )
     if cfg.split:
         kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch, cfg.prefetch if cfg.scratch else 1, cfg.fence)
@@ -535,6 +558,7 @@ def gspn2d_bwd_launch(
     meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
         ZW=_z_tile_width(GS, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
+        **_register_cap(cfg, x),
     )
     if cfg.split:
         kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.stage_dz, cfg.fence)
