@@ -57,7 +57,7 @@ for spec in "${steps[@]}"; do
     bwdsweep32) cmd=(python3 -m cgspn.cli bench op --shapes "$latent" --groups 16,C --dtypes fp32 --sweep --sweep-set scratch --sweep-passes bwd --compile-workers $cw --no-baseline --iters 5 --out "$out/bwd_sweep_fp32.json") ;;
     ncu) cmd=(bash -c "echo \"\${NCU_SHAPES:-32 147 147 64 64;32 74 74 64 16;1 147 147 64 64}\" | tr ';' '\\n' | while read -r s; do echo == \$s; ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:\${NCU_KERNELS:-gspn} --launch-count 2 python3 tools/ncu_probe.py \$s; done") ;;
     overhead) cmd=(python3 tools/op_overhead.py --out "$out/op_overhead.json") ;;
-    pattern) cmd=(python3 tools/pattern_probe.py --out "$out/pattern_probe.json") ;;
+    pattern) cmd=(python3 tools/pattern_probe.py ${PATTERN_ARGS:-} --out "$out/pattern_probe.json") ;;
     layout) cmd=(python3 tools/layout_probe.py --out "$out/layout_probe.json") ;;
     profile) cmd=(python3 tools/profile_block.py --batch 32 --px 2058 1036 --variants cgspn_mixer cgspn --out "$out/profile_block.json") ;;
     graphs) cmd=(python3 -m cgspn.cli bench model --batches 1 --resolutions 224 518 1036 --compile-mode reduce-overhead --no-search --out "$out/bench_model_graphs.json") ;;
