@@ -134,10 +134,14 @@ SPLIT_BWD_GPU = [  # (rows, channels, warps, prefetch, tiles), G, chunk, dtype: 
     ((32, 16, 8, 0, 5, True), 16, None, _BF16), ((32, 8, 8, 0, 5, True), 16, 7, _BF16), ((32, 16, 8, 0, 5, True), 4, None, _BF16),
     # (..., stage_dz, fence): a barrier after each step's loads
     ((32, 16, 8, 1, 5, False, True), 64, 7, _BF16), ((32, 16, 8, 1, 5, False, True), 16, None, _FP32),
+    # (..., stage_dz, fence, asm_dz): gate-group gradients stored by inline PTX in their own layout
+    ((32, 16, 8, 0, 5, False, False, True), 16, None, _BF16), ((32, 16, 8, 0, 5, False, False, True), 1, 7, _BF16),
+    ((32, 16, 8, 0, 5, False, False, True), 16, None, _FP32), ((32, 16, 8, 0, 5, False, False, True), 4, None, _BF16),
 ]
 SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 74 x 74 x 64), G = C / 16 / 1
     ((16, 32, 8, 1, 5), 64, None, _BF16), ((16, 16, 4, 0, 5), 16, 7, _BF16), ((32, 32, 16, 1, 3), 1, None, _BF16),
     ((16, 32, 8, 0, 5), 64, None, _FP32), ((16, 32, 8, 1, 5), 16, None, _FP32), ((16, 32, 8, 1, 5, False, True), 64, 2, _BF16),
+    ((16, 16, 4, 0, 5, False, False, True), 16, 7, _BF16), ((32, 32, 16, 1, 3, False, False, True), 1, None, _BF16),
 ]
 
 
@@ -153,9 +157,9 @@ def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
     k, bc, warps, pf, r, *rest = cfg
-    stage, fence = rest + [False, False][len(rest):]
+    stage, fence, asm_dz = rest + [False, False, False][len(rest):]
     h = gspn2d(x, lam, z, chunk=chunk)
-    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, stage, fence)
+    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, stage, fence, asm_dz=asm_dz)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, config)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())
@@ -163,3 +167,25 @@ def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     floor = ratio * want[1].abs().max().item()
     for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
         assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))
+
+
+@pytest.mark.parametrize("C,G,cfg", [(96, 2, (16, 16, 1, 1)), (64, 16, (16, 16, 2, 1)), (64, 1, (16, 64, 4, 0))],
+                         ids=["groups48-inside", "groups4-mode1", "shared-mode3"])
+@pytest.mark.parametrize("asm_dz", [False, True], ids=["store", "asm"])
+def test_general_backward_gate_group_stores(C, G, cfg, asm_dz):
+    """The general backward's gate-group gradients (modes 1 and 3), stored by tl.store or by inline
+    PTX in the reduction's layout (``LaunchConfig.asm_dz``): every gradient against the reference."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W = 2, 14, 13
+    g = torch.Generator(device="cuda").manual_seed(9)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda")
+    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda"), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    bl, bc, warps, pf = cfg
+    config = TB.LaunchConfig(bl, bc, warps, pf, 1, True, asm_dz=asm_dz)
+    h = gspn2d(x, lam, z)
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, config)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
+    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+        assert_close(name, a, b, 1e-4, atol=1e-5)

@@ -4,6 +4,8 @@ On CPU they run under the Triton interpreter (TRITON_INTERPRET=1, set in conftes
 awkward shapes; the same tests run on a GPU, where ``tests/ops/test_gspn_gpu.py`` adds large ones.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -299,6 +301,9 @@ SPLIT_BWD_CASES = [
     ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, True)),  # mode 1, windows, no prefetch
     ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, False, True)),  # mode 0
     ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True, True)),  # mode 3, staged
+    # (..., prefetch, stage_dz, fence, asm_dz): the grouped stores' own-layout path (tl.store on CPU)
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, False, True)),  # mode 1
+    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, False, False, True)),  # mode 3
 ]
 
 
@@ -312,8 +317,8 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, dy = _split_case_inputs(case, seed=11)
     rows, bc, warps, tiles, pf, *rest = cfg
-    stage, fence = rest + [False, False][len(rest):]
-    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, stage, fence)
+    stage, fence, asm_dz = rest + [False, False, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, stage, fence, asm_dz=asm_dz)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     dev = lambda t: None if t is None else t.to(DEVICE)
     h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")  # the forward state
@@ -389,11 +394,12 @@ def test_backward_narrows_the_block_inside_gate_groups_that_do_not_tile_it():
     x, lam, z, u, dy = _split_case_inputs((B, H, W, C, G, None, True), seed=13)
     lam = torch.sigmoid(lam)
     h = gspn2d(x, lam, z, backend="reference")
-    got = TB.gspn2d_bwd_triton(*(t.to(DEVICE) for t in (dy, x, lam, z, u, h)), None, cfg)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
-    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
-        assert_close(name, a, b, 1e-5)
+    for c in (cfg, dataclasses.replace(cfg, asm_dz=True)):  # the grouped stores in their own layout (tl.store on CPU)
+        got = TB.gspn2d_bwd_triton(*(t.to(DEVICE) for t in (dy, x, lam, z, u, h)), None, c)
+        for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+            assert_close(name, a, b, 1e-5)
 
 
 def test_split_config_shorter_than_the_line_is_refused():

@@ -45,13 +45,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence", "regcap"],
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence", "regcap", "asmdz"],
                    help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
                         "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
                         "plus the split kernels with Triton-pipelined loads; or (forward) the heuristic's plus the scratch split kernels with "
                         "wide channel blocks and 8-16 warps; or the heuristic's with and without a barrier after each step's loads, plus the "
                         "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward; or the heuristic's plus scratch "
-                        "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM (default: %(default)s)")
+                        "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM; or (backward) the heuristic's "
+                        "and the scratch / wide configs with the gate-group gradients stored in their own layout (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -306,6 +307,30 @@ def regcap_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> l
             for cap in _caps(warps, 2) or [128]]
 
 
+def asmdz_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """Backward configs with ``LaunchConfig.asm_dz`` (gate-group gradients stored by inline PTX in
+    the layout of their channel reduction, no layout conversion): the heuristic's, the wide split
+    configs and, for gate groups that do not tile a block, 1-4-warp
+    blocks inside one group, each with it."""
+    import dataclasses
+
+    from cgspn.ops.gspn import triton_backend as TB
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    base, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize)
+    grid = [base] + wide_scratch_backward_configs(L, C)
+    inside = min(16, GS & -GS)
+    if not base.split and inside >= 8:
+        grid += [LaunchConfig(_next_pow2(L), inside, w, pf, 1, True) for w in (1, 2, 4) for pf in (0, 1)
+                 if _next_pow2(L) * inside >= 32 * w]
+    out: list[Any] = []
+    for c in grid:
+        c = dataclasses.replace(c, asm_dz=True)
+        if c not in out:
+            out.append(c)
+    return out
+
+
 def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Split-line forward configs whose input loads Triton's software pipeliner stages through
     shared memory (``num_stages`` 2-4: ``cp.async``, S - 1 steps of loads in flight without holding
@@ -421,6 +446,7 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
                         "heuristic_ms": r[f"{which}_ms"], "best_ms": b[f"{which}_ms"], "gain": r[f"{which}_ms"] / b[f"{which}_ms"],
                         "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} stages={c['num_stages']} "
                                         f"pf={c['prefetch']} scratch={int(c.get('scratch', 0))} fence={int(c.get('fence', 0))} maxnreg={c.get('maxnreg', 0)} "
+                                        f"asm_dz={int(c.get('asm_dz', 0))} "
                                         if c.get("split") else f"bl={c['block_l']} pf={c['prefetch']} j={int(c['joined'])} ")
                         + f"bc={c['block_c']} w={c['num_warps']}"})
     return out
@@ -452,7 +478,8 @@ def run(args: argparse.Namespace) -> int:
                 L, it = max(H, W), dtype.itemsize
                 extra = {"scratch": lambda: scratch_configs(L, C, B, it), "latency": lambda: latency_configs(L, C, it),
                          "pipelined": lambda: pipelined_configs(L, C, B, it), "wide": lambda: wide_scratch_configs(L, C, B, it),
-                         "fence": lambda: fence_configs(L, C, B, it, G), "regcap": lambda: regcap_configs(L, C, B, it)}
+                         "fence": lambda: fence_configs(L, C, B, it, G), "regcap": lambda: regcap_configs(L, C, B, it),
+                         "asmdz": lambda: []}
                 if args.sweep_set in extra:  # the heuristic's config first, then the set's
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + extra[args.sweep_set]()
                 else:
@@ -466,6 +493,7 @@ def run(args: argparse.Namespace) -> int:
                         bwd_cfgs += (wide_scratch_backward_configs(L, C) if args.sweep_set == "wide"
                                      else fence_backward_configs(L, C, C // G, B, it) if args.sweep_set == "fence"
                                      else regcap_backward_configs(L, C, B, it) if args.sweep_set == "regcap"
+                                     else asmdz_backward_configs(L, C, C // G, B, it) if args.sweep_set == "asmdz"
                                      else scratch_backward_configs(L, C, B, it, C // G))
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)

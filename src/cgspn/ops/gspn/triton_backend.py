@@ -57,6 +57,9 @@ class LaunchConfig:
         on the H200, 2026-12-01, so never picked by the dispatch);
     fence: split-line kernels only: a barrier right after each step's input loads, which keeps
         ptxas from scheduling them after the step's math (``triton_split.split_forward_source``);
+    asm_dz: split-line backward with gate groups (modes 1 and 3) on CUDA: the gate gradients are
+        stored by inline PTX in the layout of their channel reduction, which avoids a layout
+        conversion (shared memory, two barriers) per gate and tile (``triton_kernels._store_in_layout``);
     maxnreg: a cap on the registers per thread (0: the compiler's choice), e.g. 128 at 8 warps so
         that two programs fit on an SM and one computes while the other waits at its barrier.
     """
@@ -72,6 +75,7 @@ class LaunchConfig:
     stage_dz: bool = False
     fence: bool = False
     maxnreg: int = 0
+    asm_dz: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -562,10 +566,12 @@ def gspn2d_bwd_launch(
     )
     if cfg.split:
         kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.stage_dz, cfg.fence)
-        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
+        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l,
+                    DZ_ASM=bool(cfg.asm_dz and mode in (1, 3) and not cfg.stage_dz))
     else:
         kernel = K.gspn_bwd_kernel
-        meta.update(NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l)
+        meta.update(NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l,
+                    DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)))
 
     def grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)

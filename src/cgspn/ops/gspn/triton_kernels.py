@@ -93,6 +93,29 @@ def _rcp(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _store_in_layout(ptr, value, mask, FAST: tl.constexpr):
+    """``tl.store(ptr, value, mask=mask)``; FAST (CUDA only): the store as inline PTX, which keeps the
+    tensors' own register layout. Triton's coalescing pass gives a plain store of a tile whose
+    pointer has no contiguity (e.g. a [rows, 1] gate-gradient column reduced over the channels) a
+    layout of its own, so the values go through shared memory with two barriers first; lanes that
+    hold the same (replicated) element store the same value to the same address, which the
+    hardware merges. Elements of 2 or 4 bytes."""
+    if FAST:
+        if value.dtype.primitive_bitwidth == 16:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p st.global.b16 [$1], $3; mov.b32 $0, 0; }",
+                "=r,l,r,h", [ptr, mask.to(tl.int32), value.to(tl.int16, bitcast=True)],
+                dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p st.global.b32 [$1], $3; mov.b32 $0, 0; }",
+                "=r,l,r,r", [ptr, mask.to(tl.int32), value.to(tl.int32, bitcast=True)],
+                dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
 def _sigmoid(x, FAST: tl.constexpr):
     """sigmoid(x) in fp32; FAST (CUDA only): 1 / (1 + 2^(-x log2 e)) with ``ex2.approx.ftz`` (2^-22
     relative) and ``rcp.approx.ftz``: 4 instructions instead of the ~10 of the denormal-safe
@@ -320,7 +343,7 @@ def gspn_bwd_kernel(
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr,
     GROUP_MODE: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
     PREFETCH: tl.constexpr, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
-    FAST: tl.constexpr = False,
+    FAST: tl.constexpr = False, DZ_ASM: tl.constexpr = False,
 ):
     """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
     tensors). Writes DXD (per-direction lam*dh, x's grad before the sum over directions), DLAM,
@@ -407,16 +430,23 @@ def gspn_bwd_kernel(
             dz2 = dg2
             dz3 = dg3
         dzp = dz_base + pos * d_scan
-        if GROUP_MODE == 1:
-            goff = dzp + idx[:, None] * d_line + z_off0
-            tl.store(goff, dz1.to(DZ.dtype.element_ty), mask=zmask)
-            tl.store(goff + sdk, dz2.to(DZ.dtype.element_ty), mask=zmask)
-            tl.store(goff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=zmask)
-        elif GROUP_MODE == 3:
-            roff = dzp + idx[:, None] * d_line + cb * sdg
-            tl.store(roff, dz1.to(DZ.dtype.element_ty), mask=row_ok)
-            tl.store(roff + sdk, dz2.to(DZ.dtype.element_ty), mask=row_ok)
-            tl.store(roff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=row_ok)
+        if GROUP_MODE == 1 or GROUP_MODE == 3:
+            if GROUP_MODE == 1:
+                goff = dzp + idx[:, None] * d_line + z_off0
+                gm = zmask
+            else:
+                goff = dzp + idx[:, None] * d_line + cb * sdg
+                gm = row_ok
+            if DZ_ASM:  # stored in the channel reduction's own layout (no layout conversion)
+                goff = tl.broadcast_to(goff, dz1.shape)
+                gm = tl.broadcast_to(gm, dz1.shape)
+                _store_in_layout(goff, dz1.to(DZ.dtype.element_ty), gm, FAST)
+                _store_in_layout(goff + sdk, dz2.to(DZ.dtype.element_ty), gm, FAST)
+                _store_in_layout(goff + 2 * sdk, dz3.to(DZ.dtype.element_ty), gm, FAST)
+            else:
+                tl.store(goff, dz1.to(DZ.dtype.element_ty), mask=gm)
+                tl.store(goff + sdk, dz2.to(DZ.dtype.element_ty), mask=gm)
+                tl.store(goff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=gm)
         else:
             coff = dzp + idx[:, None] * d_line + ch[None, :] * sdg
             tl.store(coff, dz1.to(DZ.dtype.element_ty), mask=mask)

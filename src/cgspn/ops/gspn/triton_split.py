@@ -295,7 +295,8 @@ _BWD_SIGNATURE = (
     "sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, "
     "sdb, sdr, sdc, sdd, sdk, sdg, "
     "NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr, GROUP_MODE: tl.constexpr, "
-    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr"
+    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr, "
+    "DZ_ASM: tl.constexpr = False"
 )
 
 
@@ -452,9 +453,16 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
         a(f"{ind}    dzm = ok{r}")
         a(f"{ind}else:")
         a(f"{ind}    dzm = m{r}")
-        a(f"{ind}tl.store(dzo, dz1.to(DZ.dtype.element_ty), mask=dzm)")
-        a(f"{ind}tl.store(dzo + sdk, dz2.to(DZ.dtype.element_ty), mask=dzm)")
-        a(f"{ind}tl.store(dzo + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=dzm)")
+        a(f"{ind}if DZ_ASM:  # grouped gate gradients: stored in the reduction's own layout")
+        a(f"{ind}    dzmb = tl.broadcast_to(dzm, dz1.shape)")
+        a(f"{ind}    dzob = tl.broadcast_to(dzo, dz1.shape)")
+        a(f"{ind}    _store_in_layout(dzob, dz1.to(DZ.dtype.element_ty), dzmb, FAST)")
+        a(f"{ind}    _store_in_layout(dzob + sdk, dz2.to(DZ.dtype.element_ty), dzmb, FAST)")
+        a(f"{ind}    _store_in_layout(dzob + 2 * sdk, dz3.to(DZ.dtype.element_ty), dzmb, FAST)")
+        a(f"{ind}else:")
+        a(f"{ind}    tl.store(dzo, dz1.to(DZ.dtype.element_ty), mask=dzm)")
+        a(f"{ind}    tl.store(dzo + sdk, dz2.to(DZ.dtype.element_ty), mask=dzm)")
+        a(f"{ind}    tl.store(dzo + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=dzm)")
         for k in (1, 2, 3):
             a(f"{ind}nq{k}_{r} = _expand(g{k}, ZW, BLOCK_K, BLOCK_C) * dh")
     for r in tiles:
@@ -486,7 +494,7 @@ def split_backward_kernel(R: int, prefetch: int = 1, stage: bool = False, fence:
     filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, stage={stage}, fence={fence}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
-             "_lam": K._lam, "_group_sum": K._group_sum}
+             "_lam": K._lam, "_group_sum": K._group_sum, "_store_in_layout": K._store_in_layout}
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[_bwd_name(R, prefetch, stage, fence)])
 
