@@ -137,11 +137,14 @@ SPLIT_BWD_GPU = [  # (rows, channels, warps, prefetch, tiles), G, chunk, dtype: 
     # (..., stage_dz, fence, asm_dz): gate-group gradients stored by inline PTX in their own layout
     ((32, 16, 8, 0, 5, False, False, True), 16, None, _BF16), ((32, 16, 8, 0, 5, False, False, True), 1, 7, _BF16),
     ((32, 16, 8, 0, 5, False, False, True), 16, None, _FP32), ((32, 16, 8, 0, 5, False, False, True), 4, None, _BF16),
+    ((32, 16, 8, 1, 5, False, False, True), 1, None, _BF16),
 ]
 SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 74 x 74 x 64), G = C / 16 / 1
     ((16, 32, 8, 1, 5), 64, None, _BF16), ((16, 16, 4, 0, 5), 16, 7, _BF16), ((32, 32, 16, 1, 3), 1, None, _BF16),
     ((16, 32, 8, 0, 5), 64, None, _FP32), ((16, 32, 8, 1, 5), 16, None, _FP32), ((16, 32, 8, 1, 5, False, True), 64, 2, _BF16),
     ((16, 16, 4, 0, 5, False, False, True), 16, 7, _BF16), ((32, 32, 16, 1, 3, False, False, True), 1, None, _BF16),
+    # the bf16 dispatch since the fifth session: 32 channels, 8 warps, own-layout gate-gradient stores
+    ((16, 32, 8, 0, 5, False, False, True), 16, None, _BF16), ((16, 32, 8, 1, 5, False, False, True), 1, 7, _BF16),
 ]
 
 

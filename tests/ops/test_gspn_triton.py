@@ -373,12 +373,19 @@ def test_dispatch_follows_the_measurements():
     assert f(1, 147, 147, 64, 16, 4).block_l != 64 and f(4, 147, 147, 64, 16, 2).block_l != 64
     b = lambda L, G, B, it: TB.backward_config(L, 64, 64 // G, B=B, itemsize=it)[0]
     assert b(147, 16, 32, 2).split and b(74, 64, 32, 2).split
-    assert not b(147, 1, 32, 2).split and not b(147, 16, 1, 2).split
+    assert b(147, 1, 32, 2).split and not b(147, 16, 1, 2).split and not b(300, 1, 32, 2).split
     for G in (64, 16, 1):  # fp32 (the wide sweep, 2026-12-01)
         assert shape(b(147, G, 32, 4)) == (32, 5, 16, 8, 0)
         assert shape(b(74, G, 32, 4)) == (16, 5, 32, 8, 0 if G == 64 else 1)
-    assert shape(b(74, 64, 32, 2)) == (16, 5, 32, 8, 1) and shape(b(74, 16, 32, 2)) == (16, 5, 16, 4, 0)
-    assert shape(b(74, 1, 32, 2)) == (32, 3, 32, 16, 1)
+    assert shape(b(74, 64, 32, 2)) == (16, 5, 32, 8, 1) and shape(b(74, 16, 32, 2)) == (16, 5, 32, 8, 0)
+    assert shape(b(74, 1, 32, 2)) == (16, 5, 32, 8, 1)
+    assert shape(b(147, 16, 32, 2)) == (32, 5, 16, 8, 0) and shape(b(147, 1, 32, 2)) == (32, 5, 16, 8, 1)
+    # bf16 gate groups store their gradients in the reduction's layout (fifth session); fp32 and
+    # per-channel gates do not
+    assert all(b(L, G, 32, 2).asm_dz for L in (74, 147) for G in (16, 1))
+    assert not any(b(L, G, 32, it).asm_dz for L in (74, 147) for G, it in ((64, 2), (16, 4), (1, 4)))
+    # groups of 6 in 96 channels: no block inside a group of >= 8 channels, so the previous rule
+    assert (TB.backward_config(74, 96, 6, B=32, itemsize=2)[0].block_c, TB.backward_config(74, 96, 6, B=32, itemsize=2)[1]) == (16, 2)
 
 
 def test_backward_narrows_the_block_inside_gate_groups_that_do_not_tile_it():

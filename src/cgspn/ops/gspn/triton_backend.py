@@ -296,7 +296,16 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
       97-192 (147 x 147: 3.35 / 2.99 / 3.31 ms for per-channel / 4-channel / shared gates against
       the general kernel's 7.49 / 4.13 / 4.29; 74 x 74: 0.79 / 0.58 / 0.61 against 1.21 / 0.63 / 0.86).
     Requires about one program per SM; None elsewhere (few programs and fp32 lines over 192 were
-    not measured)."""
+    not measured).
+
+    Fifth session (``bench op --sweep-set asmdz``): in bf16, gate groups (1 < GS <= C) store their
+    gradients in the layout of their channel reduction (``LaunchConfig.asm_dz``), which removes 9-15
+    layout conversions (18-30 barriers) per step, and then take 32-channel blocks with 8 warps on
+    lines of at most 96 (prefetch 1 step with one group for all channels, none with smaller groups)
+    and 16-channel blocks with 8 warps, the split kernel also for one group, on lines of 97-192.
+    Measured at B = 32, C = 64: 74 x 74 0.430 / 0.475 ms (4-channel / shared gates) against
+    0.493 / 0.508; 147 x 147 1.84 / 2.20 against 2.14 / 2.69 (the general kernel). In fp32 it
+    spills and gains nothing, so fp32 is unchanged."""
     tiles = _split_tiles(L)
     cmax = _next_pow2(C)
     bc = min(16, cmax)
@@ -309,11 +318,39 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
         if wide_ok:
             return LaunchConfig(k, wide, 8, 0 if GS == 1 else 1, 1, False, r, True)
         return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True) if L <= 192 else None
-    if GS >= C:
-        return LaunchConfig(32, wide, 16, 1, 1, False, -(-L // 32), True) if wide_ok else None
-    if GS == 1 and wide_ok:
-        return LaunchConfig(k, wide, 8, 1, 1, False, r, True)
-    return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True)
+    if GS == 1:
+        if wide_ok:
+            return LaunchConfig(k, wide, 8, 1, 1, False, r, True)
+        return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True)
+    pf = 1 if GS >= C else 0
+    before = LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True)  # the rule before the own-layout stores
+    if wide_ok:
+        w = _inside_or_whole_groups(GS, wide)
+        if not _reduces_in_block(GS, w):  # per-channel partials (mode 2): not measured with these
+            return before
+        return LaunchConfig(k, w, 8 if w == wide else _split_warps(k, w), pf, 1, False, r, True, asm_dz=True)
+    if L > 192:  # not measured with the own-layout stores
+        return None if GS >= C else before
+    bc = _inside_or_whole_groups(GS, bc)
+    if not _reduces_in_block(GS, bc):
+        return before if GS < C else None
+    return LaunchConfig(k, bc, max(_split_warps(k, bc), 8 if GS >= C else 2), pf, 1, False, r, True, asm_dz=True)
+
+
+def _reduces_in_block(GS: int, bc: int) -> bool:
+    """Whether a block of bc channels lies inside one gate group of GS channels or holds whole
+    power-of-two groups (the gate gradients then reduce inside the block: modes 3 and 1)."""
+    return GS % bc == 0 or (GS & (GS - 1) == 0 and bc % GS == 0)
+
+
+def _inside_or_whole_groups(GS: int, bc: int) -> int:
+    """The widest power-of-two channel block <= bc that lies inside one gate group of GS channels or
+    holds whole power-of-two groups (so the gate gradients reduce inside the block: modes 1 and 3);
+    bc itself when none of at least 8 channels does (mode 2)."""
+    b = bc
+    while b > 1 and not _reduces_in_block(GS, b):
+        b //= 2
+    return b if b >= min(8, bc) else bc
 
 
 def _backward_config_long(L: int, C: int, GS: int, B: int, itemsize: int) -> LaunchConfig:
