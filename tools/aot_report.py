@@ -15,7 +15,7 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 1 --pass bwd --json out.json
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,74,74,64 --groups 16,C --sweep   # bench op's sweep grid
 
-``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,stage_dz[,fence[,maxnreg[,asm_dz]]]]].
+``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
 you want to see (the H200 has 3.6; pip may bring a newer one here).
 """
@@ -121,9 +121,9 @@ def _config(text: str | None):
     if not text:
         return None
     v = [int(t) for t in text.split(",")]
-    if len(v) not in (7, 8, 9, 10, 11, 12):
-        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,stage_dz[,fence[,maxnreg[,asm_dz]]]]] (7-12 integers)")
-    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:10]), *v[10:11], *(bool(t) for t in v[11:12]))
+    if len(v) not in (7, 8, 9, 10, 11):
+        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz]]]] (7-11 integers)")
+    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:11]))
 
 
 def main(argv: list[str] | None = None) -> int:

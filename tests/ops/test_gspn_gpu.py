@@ -130,21 +130,19 @@ SPLIT_BWD_GPU = [  # (rows, channels, warps, prefetch, tiles), G, chunk, dtype: 
     ((32, 8, 8, 1, 5), 16, None, _BF16), ((32, 16, 8, 0, 5), 16, None, _BF16), ((64, 8, 16, 0, 3), 16, None, _BF16),
     ((32, 16, 16, 1, 5), 16, None, _BF16), ((32, 16, 8, 0, 5), 64, 7, _BF16), ((32, 16, 8, 0, 5), 1, None, _BF16),
     ((32, 16, 8, 0, 5), 64, 7, _FP32), ((32, 8, 8, 0, 5), 16, None, _FP32),
-    # (..., stage_dz): gate-group gradients through the staging buffer (passed on the H200, 2026-12-01)
-    ((32, 16, 8, 0, 5, True), 16, None, _BF16), ((32, 8, 8, 0, 5, True), 16, 7, _BF16), ((32, 16, 8, 0, 5, True), 4, None, _BF16),
-    # (..., stage_dz, fence): a barrier after each step's loads
-    ((32, 16, 8, 1, 5, False, True), 64, 7, _BF16), ((32, 16, 8, 1, 5, False, True), 16, None, _FP32),
-    # (..., stage_dz, fence, asm_dz): gate-group gradients stored by inline PTX in their own layout
-    ((32, 16, 8, 0, 5, False, False, True), 16, None, _BF16), ((32, 16, 8, 0, 5, False, False, True), 1, 7, _BF16),
-    ((32, 16, 8, 0, 5, False, False, True), 16, None, _FP32), ((32, 16, 8, 0, 5, False, False, True), 4, None, _BF16),
-    ((32, 16, 8, 1, 5, False, False, True), 1, None, _BF16),
+    # (..., fence): a barrier after each step's loads
+    ((32, 16, 8, 1, 5, True), 64, 7, _BF16), ((32, 16, 8, 1, 5, True), 16, None, _FP32),
+    # (..., fence, asm_dz): gate-group gradients stored by inline PTX in their own layout
+    ((32, 16, 8, 0, 5, False, True), 16, None, _BF16), ((32, 16, 8, 0, 5, False, True), 1, 7, _BF16),
+    ((32, 16, 8, 0, 5, False, True), 16, None, _FP32), ((32, 16, 8, 0, 5, False, True), 4, None, _BF16),
+    ((32, 16, 8, 1, 5, False, True), 1, None, _BF16),
 ]
 SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 74 x 74 x 64), G = C / 16 / 1
     ((16, 32, 8, 1, 5), 64, None, _BF16), ((16, 16, 4, 0, 5), 16, 7, _BF16), ((32, 32, 16, 1, 3), 1, None, _BF16),
-    ((16, 32, 8, 0, 5), 64, None, _FP32), ((16, 32, 8, 1, 5), 16, None, _FP32), ((16, 32, 8, 1, 5, False, True), 64, 2, _BF16),
-    ((16, 16, 4, 0, 5, False, False, True), 16, 7, _BF16), ((32, 32, 16, 1, 3, False, False, True), 1, None, _BF16),
+    ((16, 32, 8, 0, 5), 64, None, _FP32), ((16, 32, 8, 1, 5), 16, None, _FP32), ((16, 32, 8, 1, 5, True), 64, 2, _BF16),
+    ((16, 16, 4, 0, 5, False, True), 16, 7, _BF16), ((32, 32, 16, 1, 3, False, True), 1, None, _BF16),
     # the bf16 dispatch since the fifth session: 32 channels, 8 warps, own-layout gate-gradient stores
-    ((16, 32, 8, 0, 5, False, False, True), 16, None, _BF16), ((16, 32, 8, 1, 5, False, False, True), 1, 7, _BF16),
+    ((16, 32, 8, 0, 5, False, True), 16, None, _BF16), ((16, 32, 8, 1, 5, False, True), 1, 7, _BF16),
 ]
 
 
@@ -160,9 +158,9 @@ def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
     k, bc, warps, pf, r, *rest = cfg
-    stage, fence, asm_dz = rest + [False, False, False][len(rest):]
+    fence, asm_dz = rest + [False, False][len(rest):]
     h = gspn2d(x, lam, z, chunk=chunk)
-    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, stage, fence, asm_dz=asm_dz)
+    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, fence=fence, asm_dz=asm_dz)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, config)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())

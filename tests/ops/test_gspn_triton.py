@@ -290,20 +290,17 @@ SPLIT_BWD_CASES = [
     ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1)),  # groups of 3 that do not tile the block (mode 2)
     ((1, 1, 5, 4, 1, None, True), (2, 4, 1, 3, 1)),  # 1 x N, shared gates
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1)),  # one tile (R = 1)
-    # (..., prefetch, stage_dz): gate-group gradients through the staging buffer
-    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, True)),  # mode 1, windows
-    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1, True)),  # mode 1, masked channels
-    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True)),  # mode 3
-    ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, True)),  # mode 1, R = 1
-    ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, True)),  # per-channel gates: staging not used
-    ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1, True)),  # mode 2: staging not used
-    # (..., prefetch, stage_dz, fence): a barrier after each step's loads
-    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, True)),  # mode 1, windows, no prefetch
-    ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, False, True)),  # mode 0
-    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True, True)),  # mode 3, staged
-    # (..., prefetch, stage_dz, fence, asm_dz): the grouped stores' own-layout path (tl.store on CPU)
-    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, False, True)),  # mode 1
-    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, False, False, True)),  # mode 3
+    # (..., prefetch, fence): a barrier after each step's loads
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, True)),  # mode 1, windows, no prefetch
+    ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, True)),  # mode 0
+    # (..., prefetch, fence, asm_dz): the grouped stores in their reduction's layout (on CPU the
+    # same tl.store of broadcast pointers; the inline PTX runs in the GPU tests)
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, True)),  # mode 1, windows
+    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1, False, True)),  # mode 1, masked channels
+    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, False, True)),  # mode 3
+    ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, False, True)),  # mode 1, R = 1
+    ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1, False, True)),  # mode 2: not used
+    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True, True)),  # mode 3, fenced
 ]
 
 
@@ -317,8 +314,8 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, dy = _split_case_inputs(case, seed=11)
     rows, bc, warps, tiles, pf, *rest = cfg
-    stage, fence, asm_dz = rest + [False, False, False][len(rest):]
-    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, stage, fence, asm_dz=asm_dz)
+    fence, asm_dz = rest + [False, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, fence=fence, asm_dz=asm_dz)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     dev = lambda t: None if t is None else t.to(DEVICE)
     h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")  # the forward state
@@ -424,12 +421,12 @@ BOUNDS_CASES = [
     # (B, H, W, C, G, chunk, with_u), forward config, backward config (None: the dispatch's)
     ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 1, 1, False, 3, True), (4, 8, 1, 1, 1, False, 3, True)),
     ((2, 5, 7, 8, 8, 3, True), (2, 8, 2, 0, 1, False, 4, True), (2, 8, 2, 0, 1, False, 4, True)),
-    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 2, 1, False, 3, True), (4, 4, 1, 1, 1, False, 3, True, True)),
+    ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 2, 1, False, 3, True), (4, 4, 1, 1, 1, False, 3, True, False, 0, True)),
     ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 2, 1, False, 4, False), (2, 8, 1, 1, 1, False, 4, True)),
     # padding rows past the line's end: one 32-row tile on lines of 5 and 9 (the 147 x 147 launch's
     # padding, 147 -> 160, at a size the interpreter runs quickly)
     ((1, 5, 9, 16, 16, None, True), (32, 16, 2, 1, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True)),
-    ((1, 5, 9, 16, 4, None, True), (32, 16, 2, 2, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True, True)),
+    ((1, 5, 9, 16, 4, None, True), (32, 16, 2, 2, 1, False, 1, True), (32, 16, 2, 0, 1, False, 1, True, False, 0, True)),
     # the wide tiles: 64 (here 16) channels x 16 warps, 4 elements of a tile per thread; the shared-gate
     # backward's 32-row tiles (padding rows past lines of 5 and 9)
     ((1, 7, 9, 16, 4, None, True), (16, 16, 2, 1, 1, False, 3, True), (32, 16, 4, 1, 1, False, 3, True)),

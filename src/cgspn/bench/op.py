@@ -374,13 +374,13 @@ def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
 
 def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
     """Split-line backward configs (always the scratch exchange): the tiles of
-    :func:`_split_tile_grid`, prefetch 0 or 1; with gate groups (GS > 1) each also with the gate
-    gradients staged (``LaunchConfig.stage_dz``)."""
+    :func:`_split_tile_grid`, prefetch 0 or 1; with gate groups (GS > 1) each also with the
+    gate-group gradients stored in their own layout (``LaunchConfig.asm_dz``)."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig
 
-    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, stage)
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, asm_dz=own)
             for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize)
-            for stage in ((False, True) if GS > 1 else (False,)) for pf in (0, 1)]
+            for own in ((False, True) if GS > 1 else (False,)) for pf in (0, 1)]
 
 
 def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:

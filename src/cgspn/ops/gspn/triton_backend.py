@@ -52,9 +52,6 @@ class LaunchConfig:
     scratch: split-line kernel only: the two wrap-around neighbours go through a small fp32
         buffer with one barrier per step instead of warp shuffles, so the tiles may span
         ``num_warps`` warps (fewer elements per thread); ``prefetch`` (0-2) then applies;
-    stage_dz: split-line backward only: gate-group gradients through a staging buffer
-        (``triton_split.split_backward_source(stage=True)``; measured slower than the direct stores
-        on the H200, 2026-12-01, so never picked by the dispatch);
     fence: split-line kernels only: a barrier right after each step's input loads, which keeps
         ptxas from scheduling them after the step's math (``triton_split.split_forward_source``);
     asm_dz: split-line backward with gate groups (modes 1 and 3) on CUDA: the gate gradients are
@@ -72,7 +69,6 @@ class LaunchConfig:
     joined: bool = False
     split: int = 0
     scratch: bool = False
-    stage_dz: bool = False
     fence: bool = False
     maxnreg: int = 0
     asm_dz: bool = False
@@ -590,8 +586,6 @@ def gspn2d_bwd_launch(
     _check_split_covers(cfg, H, W)
     if cfg.split:  # the split backward always exchanges through the scratch
         outs += (_exchange_buffer(cfg, grid, x.device),)
-        if cfg.stage_dz:  # 2 buffers x 3 gates x R tiles of [block_l, block_c], in dz's dtype
-            outs += (torch.empty(grid[0] * 6 * cfg.split * cfg.block_l * cfg.block_c, dtype=dz_buf.dtype, device=x.device),)
     args = (
         x, lam, *zs, u if u is not None else dy, h, dy, *outs,
         H, W, C, GS, ck, nchunk, ncb, *x.stride(), *dy.stride(), *lam.stride(), *z_strides, *dz_buf.stride(),
@@ -602,9 +596,8 @@ def gspn2d_bwd_launch(
         **_register_cap(cfg, x),
     )
     if cfg.split:
-        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.stage_dz, cfg.fence)
-        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l,
-                    DZ_ASM=bool(cfg.asm_dz and mode in (1, 3) and not cfg.stage_dz))
+        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence)
+        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l, DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)))
     else:
         kernel = K.gspn_bwd_kernel
         meta.update(NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l,

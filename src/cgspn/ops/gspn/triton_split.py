@@ -300,7 +300,7 @@ _BWD_SIGNATURE = (
 )
 
 
-def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence: bool = False) -> str:
+def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str:
     """Source of the split-line backward for lines split into R tiles (line position
     ``i = k * R + r``), the reverse walk of :func:`split_forward_source` with the scratch exchange.
 
@@ -313,13 +313,12 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
     ``triton_kernels.gspn_bwd_kernel``; ``prefetch`` (0 or 1): the next step's inputs are loaded
     before this step's math.
 
-    ``stage`` (GROUP_MODE 1 and 3, gate groups inside the channel block): the gate gradients are
-    computed per channel in the tile's own layout, written by each group's first channel to a
-    staging buffer ``SZ`` (the signature gains it after SCR; double-buffered, in DZ's dtype) at the
-    tile's contiguous offsets, and after the step's barrier read back one per group and stored to
-    DZ. Compiled for sm_90, the direct per-group stores cost 15 layout conversions (30 barriers) per
-    step at R = 5, because their pointers are not contiguous along the channels; staged, the
-    exchange rides on the barrier the scratch already needs.
+    ``DZ_ASM`` (GROUP_MODE 1 and 3, on CUDA): the gate-group gradients are stored by inline PTX
+    in the layout of their channel reduction. A plain store of those [rows, 1] / [rows, groups]
+    tiles gets a layout of its own from Triton's coalescing pass (their pointers are not contiguous
+    along the channels), which costs 9-15 layout conversions (18-30 barriers) per step at R = 3-5.
+    (Staging them through a buffer, the fourth session's ``stage_dz``, also removed the
+    conversions, measured slower, and was deleted.)
 
     ``fence``: a barrier right after each step's input loads, as in :func:`split_forward_source`.
     """
@@ -330,9 +329,7 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    sig = _BWD_SIGNATURE.replace("DZ, SCR,", "DZ, SCR, SZ,") if stage else _BWD_SIGNATURE
-    a(f"def {_bwd_name(R, prefetch, stage, fence)}({sig}):")
-    grouped = "(GROUP_MODE == 1 or GROUP_MODE == 3)"
+    a(f"def {_bwd_name(R, prefetch, fence)}({_BWD_SIGNATURE}):")
     _prologue(a, _NAMES + (("dz", "sdr", "sdc"),))
     a("    if GROUP_MODE == 1:")
     a("        dzch = (cb * ZW + tl.arange(0, ZW))[None, :] * sdg")
@@ -344,11 +341,6 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
     a("    pb = b64 * spb + d * spd")
     a("    dzb = DZ + b64 * sdb + d * sdd")
     _scratch_setup(a)
-    if stage:
-        a(f"    szb = SZ + pid.to(tl.int64) * ({2 * 3 * R} * KC)")
-        a(f"    if {grouped}:")
-        a("        lead = ((tl.arange(0, BLOCK_C) % (BLOCK_C // ZW)) == 0)[None, :]  # a group's first channel")
-        a("        co = kk[:, None] * BLOCK_C + (tl.arange(0, ZW) * (BLOCK_C // ZW))[None, :]  # [K, ZW]")
     for r in tiles:
         _tile_setup(a, r, R)
         a(f"    do{r} = i{r}[:, None] * dz_line + dzch")
@@ -423,10 +415,6 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
         a(f"        dg1 = _group_sum(dh * {hu}, ZW, BLOCK_K, BLOCK_C)")
         a(f"        dg2 = _group_sum(dh * hpv{r}, ZW, BLOCK_K, BLOCK_C)")
         a(f"        dg3 = _group_sum(dh * {hd}, ZW, BLOCK_K, BLOCK_C)")
-        if stage:
-            a(f"        if {grouped}:  # everything per channel, in the tile's own layout")
-            for v in ("g1", "g2", "g3", "s1", "s2", "s3", "inv", "dg1", "dg2", "dg3"):
-                a(f"            {v} = tl.broadcast_to(_expand({v}, ZW, BLOCK_K, BLOCK_C), [BLOCK_K, BLOCK_C])")
         a("        if NORM:")
         a("            dot = g1 * dg1 + g2 * dg2 + g3 * dg3")
         a(f"            dz1 = tl.where(hp{r}, (dg1 - dot) * inv * s1 * (1.0 - s1), 0.0)")
@@ -437,15 +425,6 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
         a("            dz2 = dg2")
         a("            dz3 = dg3")
         ind = "        "
-        if stage:
-            a(f"        if {grouped}:")
-            a(f"            zst = szb + (it % 2) * ({3 * R} * KC)")
-            for k in (1, 2, 3):
-                a(f"            tl.store(zst + {(k - 1) * R + r} * KC + so, dz{k}.to(SZ.dtype.element_ty), mask=m{r} & lead)")
-            for k in (1, 2, 3):
-                a(f"            nq{k}_{r} = g{k} * dh")
-            a("        else:")
-            ind = "            "
         a(f"{ind}dzo = dzp + do{r}")
         a(f"{ind}if GROUP_MODE == 1:")
         a(f"{ind}    dzm = zm{r}")
@@ -472,14 +451,6 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
     a(f"        tl.store(cur + so, q3_{R - 1})")
     a("        tl.store(cur + KC + so, q1_0)")  # a different tensor from q3 even when R == 1
     a("        tl.debug_barrier()")
-    if stage:  # one staged value per group and line position, to the gate-gradient output
-        a(f"        if {grouped}:")
-        a(f"            zst = szb + (it % 2) * ({3 * R} * KC)")
-        for r in tiles:
-            a(f"            dzo = dzp + do{r}")
-            a(f"            dzm = zm{r} if GROUP_MODE == 1 else ok{r}")
-            for k in (1, 2, 3):
-                a(f"            tl.store(dzo + {k - 1} * sdk, tl.load(zst + {(k - 1) * R + r} * KC + co), mask=dzm)")
     if prefetch:
         lhs = ", ".join(n.format("c") for n in names) + ", pos_c"
         rhs = ", ".join(n.format("n") for n in names) + ", pos_n"
@@ -488,16 +459,16 @@ def split_backward_source(R: int, prefetch: int = 1, stage: bool = False, fence:
 
 
 @functools.lru_cache(maxsize=None)
-def split_backward_kernel(R: int, prefetch: int = 1, stage: bool = False, fence: bool = False):
+def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False):
     """The jitted split-line backward for lines split into R tiles (:func:`split_backward_source`)."""
-    src = split_backward_source(R, prefetch, stage, fence)
-    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, stage={stage}, fence={fence}>"
+    src = split_backward_source(R, prefetch, fence)
+    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, fence={fence}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
              "_lam": K._lam, "_group_sum": K._group_sum, "_store_in_layout": K._store_in_layout}
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_bwd_name(R, prefetch, stage, fence)])
+    return triton.jit(scope[_bwd_name(R, prefetch, fence)])
 
 
-def _bwd_name(R: int, prefetch: int, stage: bool, fence: bool = False) -> str:
-    return f"gspn_bwd_split_r{R}_p{prefetch}{'_stage' if stage else ''}{'_f' if fence else ''}"
+def _bwd_name(R: int, prefetch: int, fence: bool = False) -> str:
+    return f"gspn_bwd_split_r{R}_p{prefetch}{'_f' if fence else ''}"
