@@ -54,11 +54,12 @@ class LaunchConfig:
         ``num_warps`` warps (fewer elements per thread); ``prefetch`` (0-2) then applies;
     fence: split-line kernels only: a barrier right after each step's input loads, which keeps
         ptxas from scheduling them after the step's math (``triton_split.split_forward_source``);
-    asm_dz: split-line backward with gate groups (modes 1 and 3) on CUDA: the gate gradients are
-        stored by inline PTX in the layout of their channel reduction, which avoids a layout
-        conversion (shared memory, two barriers) per gate and tile (``triton_kernels._store_in_layout``);
     maxnreg: a cap on the registers per thread (0: the compiler's choice), e.g. 128 at 8 warps so
-        that two programs fit on an SM and one computes while the other waits at its barrier.
+        that two programs fit on an SM and one computes while the other waits at its barrier
+        (measured never faster, fifth session; a sweep option);
+    asm_dz: backward with gate groups (modes 1 and 3) on CUDA: the gate gradients are stored by
+        inline PTX in the layout of their channel reduction, which avoids a layout conversion
+        (shared memory, two barriers) per gate and tile (``triton_kernels._store_in_layout``).
     """
 
     block_l: int
