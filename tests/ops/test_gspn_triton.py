@@ -484,3 +484,16 @@ def test_public_ops_stay_inside_their_tensors(case):
         h = line_scan(xs[0], torch.sigmoid(xs[1]), *gates, chunk=chunk, backend="triton")
         h.square().sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in [x, lam, z, *xs, *gates])
+
+
+@pytest.mark.parametrize("GS,bc,want,reduces", [
+    (4, 32, 32, True), (64, 32, 32, True), (48, 32, 16, True), (40, 32, 8, True), (16, 16, 16, True), (2, 8, 8, True),
+    (6, 32, 32, False), (36, 16, 16, False), (3, 16, 16, False),  # only blocks under 8 channels would: mode 2
+])
+def test_channel_blocks_inside_or_holding_whole_gate_groups(GS, bc, want, reduces):
+    """The backward's block narrowing: the widest power of two <= bc inside one group or holding
+    whole power-of-two groups, or bc when only blocks under 8 channels would (then mode 2)."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    assert TB._inside_or_whole_groups(GS, bc) == want
+    assert TB._reduces_in_block(GS, want) is reduces
