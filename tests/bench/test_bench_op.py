@@ -138,3 +138,28 @@ def test_fence_and_regcap_sweep_sets():
         for cfg in regcap_configs(L, 64) + regcap_backward_configs(L, 64):
             assert cfg.scratch and 4 <= cfg.num_warps <= 8 and cfg.maxnreg in (128, 168)
             assert cfg.maxnreg * cfg.num_warps * 32 * 2 <= 65536
+
+
+def test_short_line_backward_sweep_set():
+    """`--sweep-set short`: one-tile split backward configs for lines of at most 32 (2-8 elements
+    per thread), whose gradients are the reference's."""
+    import torch
+
+    from cgspn.bench.op import short_backward_configs
+    from cgspn.ops import gspn2d
+    from cgspn.ops.gspn import triton_backend as TB
+
+    assert short_backward_configs(33, 64) == []
+    for cfg in short_backward_configs(14, 768):
+        assert cfg.split == 1 and cfg.block_l == 16 and cfg.asm_dz
+        assert 2 * 32 * cfg.num_warps <= cfg.block_l * cfg.block_c <= 8 * 32 * cfg.num_warps
+    B, H, W, C, G = 1, 5, 7, 16, 2
+    g = torch.Generator().manual_seed(4)
+    mk = lambda *s: torch.randn(*s, generator=g)
+    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
+    h = gspn2d(x, lam, z, backend="reference")
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, short_backward_configs(W, C)[0])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)

@@ -45,14 +45,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence", "regcap", "asmdz"],
+    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence", "regcap", "asmdz", "short"],
                    help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
                         "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
                         "plus the split kernels with Triton-pipelined loads; or (forward) the heuristic's plus the scratch split kernels with "
                         "wide channel blocks and 8-16 warps; or the heuristic's with and without a barrier after each step's loads, plus the "
                         "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward; or the heuristic's plus scratch "
                         "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM; or (backward) the heuristic's "
-                        "and the scratch / wide configs with the gate-group gradients stored in their own layout (default: %(default)s)")
+                        "and the scratch / wide configs with the gate-group gradients stored in their own layout; or (backward, lines <= 32) "
+                        "the heuristic's and one-tile split configs (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -331,6 +332,24 @@ def asmdz_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     return out
 
 
+def short_backward_configs(L: int, C: int) -> list[Any]:
+    """Backward configs for lines of at most 32 positions (the ViT-B shape's 14) with the split
+    kernel's single tile (R = 1: the neighbours are the same thread's rows and the scratch): 8-128
+    channels, 1-8 warps with 2-8 elements per thread, no prefetch or one step, the gate-group
+    gradients stored in their own layout. Compiled for sm_90 (Triton 3.6) at 64 x 14 x 14 x 768,
+    these have 0-2 layout conversions per step where the general kernel the dispatch runs has 11
+    (16 groups of 48) or 14 with 28 barriers (per-channel gates)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    if L > 32:
+        return []
+    k = max(16, _next_pow2(L))
+    cmax = _next_pow2(C)
+    return [LaunchConfig(k, bc, w, pf, 1, False, 1, True, asm_dz=True)
+            for bc in sorted({min(cmax, b) for b in (8, 16, 32, 64, 128)}) for w in (1, 2, 4, 8)
+            if 2 * 32 * w <= k * bc <= 8 * 32 * w for pf in (0, 1)]
+
+
 def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Split-line forward configs whose input loads Triton's software pipeliner stages through
     shared memory (``num_stages`` 2-4: ``cp.async``, S - 1 steps of loads in flight without holding
@@ -479,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
                 extra = {"scratch": lambda: scratch_configs(L, C, B, it), "latency": lambda: latency_configs(L, C, it),
                          "pipelined": lambda: pipelined_configs(L, C, B, it), "wide": lambda: wide_scratch_configs(L, C, B, it),
                          "fence": lambda: fence_configs(L, C, B, it, G), "regcap": lambda: regcap_configs(L, C, B, it),
-                         "asmdz": lambda: []}
+                         "asmdz": lambda: [], "short": lambda: []}
                 if args.sweep_set in extra:  # the heuristic's config first, then the set's
                     fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + extra[args.sweep_set]()
                 else:
@@ -494,6 +513,7 @@ def run(args: argparse.Namespace) -> int:
                                      else fence_backward_configs(L, C, C // G, B, it) if args.sweep_set == "fence"
                                      else regcap_backward_configs(L, C, B, it) if args.sweep_set == "regcap"
                                      else asmdz_backward_configs(L, C, C // G, B, it) if args.sweep_set == "asmdz"
+                                     else short_backward_configs(L, C) if args.sweep_set == "short"
                                      else scratch_backward_configs(L, C, B, it, C // G))
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
