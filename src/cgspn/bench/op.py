@@ -52,7 +52,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "wide channel blocks and 8-16 warps; or the heuristic's with and without a barrier after each step's loads, plus the "
                         "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward; or the heuristic's plus scratch "
                         "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM; or (backward) the heuristic's "
-                        "and the scratch / wide configs with the gate-group gradients stored in their own layout; or (backward, lines <= 32) "
+                        "and the wide configs (and, for groups that do not tile a block, blocks inside one group) with the gate-group "
+                        "gradients stored in their own layout; or (backward, lines <= 32) "
                         "the heuristic's and one-tile split configs (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
