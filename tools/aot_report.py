@@ -14,6 +14,11 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 16 --config 32,8,1,0,1,0,5
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,147,147,64 --groups 1 --pass bwd --json out.json
     PYTHONPATH=src python3 tools/aot_report.py --shape 32,74,74,64 --groups 16,C --sweep   # bench op's sweep grid
+    PYTHONPATH=src python3 tools/aot_report.py --shape 32,74,74,64 --groups 1 --pass both --sass   # + the loop's SASS
+
+``--sass`` disassembles the scan loop (cuobjdump): its instruction count per element of a line step,
+the most frequent opcodes, and where in the loop the global loads, stores and barriers sit (ptxas
+may schedule a prefetch's loads after the step's math; docs/design.md, fifth session).
 
 ``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
@@ -84,7 +89,39 @@ def resources(cubin: bytes) -> dict[str, int]:
     return {"registers": int(m[1]), "stack_bytes": int(m[2]), "shared_bytes": int(m[3]), "local_bytes": int(m[4])}
 
 
-def compile_report(launch: Any, arch: int = 90) -> dict[str, Any]:
+def sass_loop(cubin: bytes) -> dict[str, Any]:
+    """The scan loop in the cubin's SASS (the longest backward branch): its instruction count, the
+    most frequent opcodes, and where in it the global loads, stores and barriers sit (as a fraction
+    of the loop: ptxas may schedule a prefetch's loads after the step's math)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True).stdout
+    seq = [(int(m[1], 16), m[2].strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", out)]
+    best = None
+    for addr, ins in seq:
+        b = re.search(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", ins)
+        if b and int(b[1], 16) < addr and (best is None or addr - int(b[1], 16) > best[1] - best[0]):
+            best = (int(b[1], 16), addr)
+    if best is None:
+        return {}
+    body = [ins for addr, ins in seq if best[0] <= addr <= best[1]]
+    ops = [re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0] for ins in body]
+    hist: dict[str, int] = {}
+    for op in ops:
+        hist[op] = hist.get(op, 0) + 1
+    where = lambda name: [round(i / max(1, len(ops) - 1), 2) for i, op in enumerate(ops) if op == name]
+    return {"loop_sass_instructions": len(body), "loop_opcodes": dict(sorted(hist.items(), key=lambda kv: -kv[1])[:12]),
+            "loop_ldg_at": where("LDG"), "loop_stg_at": where("STG"), "loop_bar_at": where("BAR")}
+
+
+def elements_per_thread(meta: dict[str, Any], split: int) -> float:
+    """Elements of one line step a thread holds: the tile(s) over the program's threads."""
+    rows = meta.get("BLOCK_K", meta.get("BLOCK_L", 1)) * max(1, split)
+    return rows * meta["BLOCK_C"] / (32 * meta["num_warps"])
+
+
+def compile_report(launch: Any, arch: int = 90, sass: bool = False) -> dict[str, Any]:
     """Compile one KernelLaunch for sm_<arch> and summarise the result."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -99,7 +136,15 @@ def compile_report(launch: Any, arch: int = 90) -> dict[str, Any]:
     loads: dict[str, int] = {}
     for m in re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx):
         loads[m] = loads.get(m, 0) + 1
+    extra: dict[str, Any] = {}
+    if sass:
+        extra = sass_loop(k.asm["cubin"])
+        name = getattr(launch.kernel, "__name__", "")
+        split = int(m[1]) if (m := re.search(r"split_r(\d+)", name)) else 1
+        if extra:
+            extra["loop_sass_per_element"] = round(extra["loop_sass_instructions"] / elements_per_thread(launch.meta, split), 1)
     return {
+        **extra,
         "kernel": launch.kernel.__name__ if hasattr(launch.kernel, "__name__") else str(launch.kernel),
         "triton": triton.__version__,
         "arch": arch,
@@ -139,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-h", action="store_true", help="forward that also writes the state (training)")
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--json", default=None, help="also write the reports here")
+    p.add_argument("--sass", action="store_true", help="also disassemble the scan loop: instructions (per element), "
+                                                       "opcodes, where its loads / stores / barriers sit")
     args = p.parse_args(argv)
 
     from cgspn.bench.op import sweep_backward_configs, sweep_configs
@@ -165,13 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         for which, launch in launches:
             if "FAST" in launch.meta:  # meta tensors are not CUDA, but the target is: the CUDA fast math
                 launch.meta["FAST"] = True
-            r = {"shape": [B, H, W, C], "G": G, "dtype": args.dtype, "pass": which, **compile_report(launch, args.arch)}
+            r = {"shape": [B, H, W, C], "G": G, "dtype": args.dtype, "pass": which, **compile_report(launch, args.arch, args.sass)}
             reports.append(r)
-            cfg_txt = {k: v for k, v in r["meta"].items() if k.isupper() and k.startswith(("BLOCK", "PREFETCH", "NUM_STAGES", "JOINED", "ZW"))}
+            cfg_txt = {k: v for k, v in r["meta"].items() if k.isupper() and k.startswith(("BLOCK", "PREFETCH", "NUM_STAGES", "JOINED", "ZW", "DZ_ASM"))}
             print(f"{which} {args.shape} G={G} {args.dtype} {r['kernel']} warps={r['meta']['num_warps']} {cfg_txt}: "
                   f"regs {r.get('registers')} stack {r.get('stack_bytes')} B shared {r['dynamic_shared_bytes']} B | loop: "
                   f"{r['layout_conversions_in_loop']} layout conversions | whole kernel (prologue + loop): {r['shuffles']} shuffles, "
                   f"{r['barriers']} barriers, loads {r['global_loads']}", flush=True)
+            if "loop_sass_instructions" in r:
+                span = lambda v: f"{v[0]:.0%}-{v[-1]:.0%}" if v else "-"
+                print(f"    loop SASS: {r['loop_sass_instructions']} instructions ({r['loop_sass_per_element']} per element), "
+                      f"LDG at {span(r['loop_ldg_at'])}, STG at {span(r['loop_stg_at'])}, {len(r['loop_bar_at'])} BAR; "
+                      f"{r['loop_opcodes']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports, f, indent=1)

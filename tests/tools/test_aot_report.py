@@ -28,7 +28,7 @@ def test_aot_report_compiles_forward_and_backward(tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     out = tmp_path / "report.json"
     cmd = [sys.executable, str(ROOT / "tools" / "aot_report.py"), "--shape", "2,5,7,8", "--groups", "2",
-           "--pass", "both", "--config", "8,8,1,0,1,0,1", "--json", str(out)]
+           "--pass", "both", "--config", "8,8,1,0,1,0,1", "--sass", "--json", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     reports = json.loads(out.read_text())
@@ -39,4 +39,7 @@ def test_aot_report_compiles_forward_and_backward(tmp_path):
     for r in reports:
         assert 0 < r["registers"] <= 255 and r["arch"] == 90
         assert sum(r["global_loads"].values()) > 0
-    assert "regs" in proc.stdout
+        # --sass: the scan loop's instructions, with its global loads inside it
+        assert r["loop_sass_instructions"] > 0 and r["loop_sass_per_element"] > 0 and r["loop_ldg_at"]
+        assert all(0 <= f <= 1 for f in r["loop_ldg_at"] + r["loop_stg_at"] + r["loop_bar_at"])
+    assert "regs" in proc.stdout and "loop SASS" in proc.stdout
