@@ -31,7 +31,7 @@ kernel only on short lines whose gate groups do not tile the general kernel's ch
 slower on 147-long lines: one 255-register warp per program); with the scratch exchange 1.3-3.0x
 faster on 147-long lines (62% of copy with 16 gate groups in bf16, 2026-12-01) and 1.4-2x on
 74-long lines with gate groups, the backward 1.3-1.45x. ``gspn2d_forward_config`` / ``backward_config`` pick them
-where measured faster. ``num_stages >= 2`` variants are not yet measured.
+where measured faster. ``num_stages >= 2`` variants measured 2-2.6x slower on 147-long lines.
 """
 
 from __future__ import annotations
@@ -173,8 +173,10 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     (the pipeliner would hoist the buffer's loads above the barrier).
     ``fence``: a barrier right after each step's input loads. Without it, ptxas schedules the
     prefetch loads after the step's math (they have no consumer in the loop body), at 40-75% of
-    it (sm_90, Triton 3.6), so their latency is exposed at the next step; the barrier keeps them
-    at the top of the step (``bar.sync`` does not wait for loads in flight).
+    it (sm_90, Triton 3.6); the barrier keeps them at the top of the step (``bar.sync`` does not
+    wait for loads in flight). Measured on the H200 it is slower in almost every shape (the next
+    step's inputs then stay live through the math) and 1.03-1.07x faster only with one shared
+    gate group in bf16 (docs/benchmarks.md, fifth session).
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
