@@ -116,6 +116,24 @@ def _store_in_layout(ptr, value, mask, FAST: tl.constexpr):
 
 
 @triton.jit
+def _store_gate_grads(ptr, dz1, dz2, dz3, sdk, mask, IN_LAYOUT: tl.constexpr, FAST: tl.constexpr):
+    """Store the three gate gradients at ``ptr``, ``ptr + sdk``, ``ptr + 2 sdk`` (in the pointer's
+    element type). IN_LAYOUT: in the values' own register layout (:func:`_store_in_layout`; the
+    pointer and mask are broadcast to the values' shape), for the gate-group gradients reduced
+    over the channels; else plain stores."""
+    if IN_LAYOUT:
+        ptr = tl.broadcast_to(ptr, dz1.shape)
+        mask = tl.broadcast_to(mask, dz1.shape)
+        _store_in_layout(ptr, dz1.to(ptr.dtype.element_ty), mask, FAST)
+        _store_in_layout(ptr + sdk, dz2.to(ptr.dtype.element_ty), mask, FAST)
+        _store_in_layout(ptr + 2 * sdk, dz3.to(ptr.dtype.element_ty), mask, FAST)
+    else:
+        tl.store(ptr, dz1.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(ptr + sdk, dz2.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(ptr + 2 * sdk, dz3.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _sigmoid(x, FAST: tl.constexpr):
     """sigmoid(x) in fp32; FAST (CUDA only): 1 / (1 + 2^(-x log2 e)) with ``ex2.approx.ftz`` (2^-22
     relative) and ``rcp.approx.ftz``: 4 instructions instead of the ~10 of the denormal-safe
@@ -430,24 +448,11 @@ def gspn_bwd_kernel(
             dz2 = dg2
             dz3 = dg3
         dzp = dz_base + pos * d_scan
-        if GROUP_MODE == 1 or GROUP_MODE == 3:
-            if GROUP_MODE == 1:
-                goff = dzp + idx[:, None] * d_line + z_off0
-                gm = zmask
-            else:
-                goff = dzp + idx[:, None] * d_line + cb * sdg
-                gm = row_ok
-            if DZ_ASM:  # stored in the channel reduction's own layout (no layout conversion)
-                goff = tl.broadcast_to(goff, dz1.shape)
-                gm = tl.broadcast_to(gm, dz1.shape)
-                _store_in_layout(goff, dz1.to(DZ.dtype.element_ty), gm, FAST)
-                _store_in_layout(goff + sdk, dz2.to(DZ.dtype.element_ty), gm, FAST)
-                _store_in_layout(goff + 2 * sdk, dz3.to(DZ.dtype.element_ty), gm, FAST)
-            else:
-                tl.store(goff, dz1.to(DZ.dtype.element_ty), mask=gm)
-                tl.store(goff + sdk, dz2.to(DZ.dtype.element_ty), mask=gm)
-                tl.store(goff + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=gm)
-        else:
+        if GROUP_MODE == 1:
+            _store_gate_grads(dzp + idx[:, None] * d_line + z_off0, dz1, dz2, dz3, sdk, zmask, DZ_ASM, FAST)
+        elif GROUP_MODE == 3:
+            _store_gate_grads(dzp + idx[:, None] * d_line + cb * sdg, dz1, dz2, dz3, sdk, row_ok, DZ_ASM, FAST)
+        else:  # one gradient per channel (modes 0 and 2): contiguous along the channels, plain stores
             coff = dzp + idx[:, None] * d_line + ch[None, :] * sdg
             tl.store(coff, dz1.to(DZ.dtype.element_ty), mask=mask)
             tl.store(coff + sdk, dz2.to(DZ.dtype.element_ty), mask=mask)

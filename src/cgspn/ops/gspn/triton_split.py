@@ -426,26 +426,10 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
         a("            dz1 = dg1")
         a("            dz2 = dg2")
         a("            dz3 = dg3")
-        ind = "        "
-        a(f"{ind}dzo = dzp + do{r}")
-        a(f"{ind}if GROUP_MODE == 1:")
-        a(f"{ind}    dzm = zm{r}")
-        a(f"{ind}elif GROUP_MODE == 3:")
-        a(f"{ind}    dzm = ok{r}")
-        a(f"{ind}else:")
-        a(f"{ind}    dzm = m{r}")
-        a(f"{ind}if DZ_ASM:  # grouped gate gradients: stored in the reduction's own layout")
-        a(f"{ind}    dzmb = tl.broadcast_to(dzm, dz1.shape)")
-        a(f"{ind}    dzob = tl.broadcast_to(dzo, dz1.shape)")
-        a(f"{ind}    _store_in_layout(dzob, dz1.to(DZ.dtype.element_ty), dzmb, FAST)")
-        a(f"{ind}    _store_in_layout(dzob + sdk, dz2.to(DZ.dtype.element_ty), dzmb, FAST)")
-        a(f"{ind}    _store_in_layout(dzob + 2 * sdk, dz3.to(DZ.dtype.element_ty), dzmb, FAST)")
-        a(f"{ind}else:")
-        a(f"{ind}    tl.store(dzo, dz1.to(DZ.dtype.element_ty), mask=dzm)")
-        a(f"{ind}    tl.store(dzo + sdk, dz2.to(DZ.dtype.element_ty), mask=dzm)")
-        a(f"{ind}    tl.store(dzo + 2 * sdk, dz3.to(DZ.dtype.element_ty), mask=dzm)")
+        a(f"        dzm = zm{r} if GROUP_MODE == 1 else ok{r} if GROUP_MODE == 3 else m{r}")
+        a(f"        _store_gate_grads(dzp + do{r}, dz1, dz2, dz3, sdk, dzm, DZ_ASM, FAST)")
         for k in (1, 2, 3):
-            a(f"{ind}nq{k}_{r} = _expand(g{k}, ZW, BLOCK_K, BLOCK_C) * dh")
+            a(f"        nq{k}_{r} = _expand(g{k}, ZW, BLOCK_K, BLOCK_C) * dh")
     for r in tiles:
         a(f"        q1_{r}, q2_{r}, q3_{r} = nq1_{r}, nq2_{r}, nq3_{r}")
         a(f"        hv{r} = hpv{r}")
@@ -467,7 +451,7 @@ def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False):
     filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, fence={fence}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
-             "_lam": K._lam, "_group_sum": K._group_sum, "_store_in_layout": K._store_in_layout}
+             "_lam": K._lam, "_group_sum": K._group_sum, "_store_gate_grads": K._store_gate_grads}
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[_bwd_name(R, prefetch, fence)])
 
