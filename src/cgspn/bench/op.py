@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -45,7 +45,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", "scratch", "latency", "pipelined", "wide", "fence", "regcap", "asmdz", "short"],
+    p.add_argument("--sweep-set", default="all", choices=["all", *SWEEP_SETS],
                    help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
                         "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
                         "plus the split kernels with Triton-pipelined loads; or (forward) the heuristic's plus the scratch split kernels with "
@@ -321,8 +321,8 @@ def asmdz_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
 
     base, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize)
     grid = [base] + wide_scratch_backward_configs(L, C)
-    inside = min(16, GS & -GS)
-    if not base.split and inside >= 8:
+    inside = TB._inside_or_whole_groups(GS, 16)
+    if not base.split and GS > 1 and not TB._reduces_in_block(GS, base.block_c) and TB._reduces_in_block(GS, inside):
         grid += [LaunchConfig(_next_pow2(L), inside, w, pf, 1, True) for w in (1, 2, 4) for pf in (0, 1)
                  if _next_pow2(L) * inside >= 32 * w]
     out: list[Any] = []
@@ -401,6 +401,23 @@ def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS:
     return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, asm_dz=own)
             for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize)
             for own in ((False, True) if GS > 1 else (False,)) for pf in (0, 1)]
+
+
+_scratch_bwd = lambda L, C, B, it, GS: scratch_backward_configs(L, C, B, it, GS)
+_none = lambda *_: []
+# --sweep-set NAME (other than "all"): (forward configs (L, C, B, itemsize, G), backward configs
+# (L, C, B, itemsize, GS)), each timed after the heuristic's own config; sets without a backward of
+# their own sweep the scratch backward
+SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
+    "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
+    "latency": (lambda L, C, B, it, G: latency_configs(L, C, it), _scratch_bwd),
+    "pipelined": (lambda L, C, B, it, G: pipelined_configs(L, C, B, it), _scratch_bwd),
+    "wide": (lambda L, C, B, it, G: wide_scratch_configs(L, C, B, it), lambda L, C, B, it, GS: wide_scratch_backward_configs(L, C)),
+    "fence": (lambda L, C, B, it, G: fence_configs(L, C, B, it, G), lambda L, C, B, it, GS: fence_backward_configs(L, C, GS, B, it)),
+    "regcap": (lambda L, C, B, it, G: regcap_configs(L, C, B, it), lambda L, C, B, it, GS: regcap_backward_configs(L, C, B, it)),
+    "asmdz": (_none, lambda L, C, B, it, GS: asmdz_backward_configs(L, C, GS, B, it)),
+    "short": (_none, lambda L, C, B, it, GS: short_backward_configs(L, C)),
+}
 
 
 def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int = 2) -> list[Any]:
@@ -496,26 +513,17 @@ def run(args: argparse.Namespace) -> int:
                 h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
                 L, it = max(H, W), dtype.itemsize
-                extra = {"scratch": lambda: scratch_configs(L, C, B, it), "latency": lambda: latency_configs(L, C, it),
-                         "pipelined": lambda: pipelined_configs(L, C, B, it), "wide": lambda: wide_scratch_configs(L, C, B, it),
-                         "fence": lambda: fence_configs(L, C, B, it, G), "regcap": lambda: regcap_configs(L, C, B, it),
-                         "asmdz": lambda: [], "short": lambda: []}
-                if args.sweep_set in extra:  # the heuristic's config first, then the set's
-                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + extra[args.sweep_set]()
+                if args.sweep_set in SWEEP_SETS:  # the heuristic's configs first, then the set's
+                    fwd_set, bwd_set = SWEEP_SETS[args.sweep_set]
+                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + fwd_set(L, C, B, it, G)
                 else:
                     fwd_cfgs = sweep_configs(L, C, B, (C // G) >= 8, it)
                 cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
                 if args.sweep_limit > 0:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
-                    if args.sweep_set in extra:  # the heuristic's config first; the other sets sweep the scratch backward
-                        bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]]
-                        bwd_cfgs += (wide_scratch_backward_configs(L, C) if args.sweep_set == "wide"
-                                     else fence_backward_configs(L, C, C // G, B, it) if args.sweep_set == "fence"
-                                     else regcap_backward_configs(L, C, B, it) if args.sweep_set == "regcap"
-                                     else asmdz_backward_configs(L, C, C // G, B, it) if args.sweep_set == "asmdz"
-                                     else short_backward_configs(L, C) if args.sweep_set == "short"
-                                     else scratch_backward_configs(L, C, B, it, C // G))
+                    if args.sweep_set in SWEEP_SETS:
+                        bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]] + bwd_set(L, C, B, it, C // G)
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
                     bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]

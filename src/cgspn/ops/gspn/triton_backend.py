@@ -264,8 +264,8 @@ def backward_config(
         # and on long lines with per-channel gates when there are programs enough to hide latency
         joined = not ((bl <= 32 and GS % bc == 0) or (GS == 1 and bl >= 128 and _enough_programs(B, C, bc)))
         cfg = LaunchConfig(bl, bc, warps, 1, 1, joined)
-        inside = min(16, GS & -GS)  # the largest power of two dividing the group, at most 16
-        if GS > 1 and GS % bc and bc % GS and inside >= 8:
+        inside = _inside_or_whole_groups(GS, 16)
+        if GS > 1 and not _reduces_in_block(GS, bc) and _reduces_in_block(GS, inside):
             cfg = LaunchConfig(bl, inside, max(1, min(16, bl * inside // 256)), 1, 1, True)
     if GS == 1:
         return cfg, 0
