@@ -67,7 +67,9 @@ def test_gspn2d_triton_half_io(dtype):
         assert_close(name, a, b, ratio * 2)
 
 
-@pytest.mark.parametrize("shape,chunk", [((2, 3, 5, 7), None), ((1, 2, 1, 6), 4), ((1, 3, 6, 2), 1)])
+# (2, 264, 40, 3): lines of 40 with batch x channels at which gspn2d's backward takes the split
+# kernel; line_scan runs the general one, whose block must still cover the line
+@pytest.mark.parametrize("shape,chunk", [((2, 3, 5, 7), None), ((1, 2, 1, 6), 4), ((1, 3, 6, 2), 1), ((2, 264, 40, 3), None)])
 def test_line_scan_triton_matches_reference(shape, chunk):
     g = torch.Generator().manual_seed(2)
     mk = lambda: torch.randn(*shape, generator=g).to(DEVICE).requires_grad_()
@@ -406,15 +408,26 @@ def test_backward_narrows_the_block_inside_gate_groups_that_do_not_tile_it():
             assert_close(name, a, b, 1e-5)
 
 
-def test_split_config_shorter_than_the_line_is_refused():
+def test_config_shorter_than_the_line_is_refused():
+    """Split (R tiles) and general (one block) configs alike must cover the line; line_scan takes
+    only general ones."""
     from cgspn.ops.gspn import triton_backend as TB
 
     x, lam, z = torch.randn(1, 9, 5, 8), torch.rand(1, 9, 5, 4, 8), torch.randn(1, 9, 5, 4, 3, 2)
-    bad = TB.LaunchConfig(4, 8, 1, 1, 1, False, 2, True)  # 2 tiles x 4 rows < 9
+    split = TB.LaunchConfig(4, 8, 1, 1, 1, False, 2, True)  # 2 tiles x 4 rows < 9
+    general = TB.LaunchConfig(8, 8, 1, 1)  # one block of 8 rows < 9
+    for bad in (split, general):
+        with pytest.raises(ValueError, match="covers lines of 8 positions"):
+            TB.gspn2d_fwd_launch(x, lam, z, None, None, False, bad)
+        with pytest.raises(ValueError, match="covers lines of 8 positions"):
+            TB.gspn2d_bwd_launch(torch.randn(1, 9, 5, 4, 8), x, lam, z, None, torch.randn(1, 9, 5, 4, 8), None, bad)
+    t = torch.randn(1, 2, 9, 3)
     with pytest.raises(ValueError, match="covers lines of 8 positions"):
-        TB.gspn2d_fwd_launch(x, lam, z, None, None, False, bad)
+        TB.line_scan_fwd_triton(t, t, t, t, t, None, general)
     with pytest.raises(ValueError, match="covers lines of 8 positions"):
-        TB.gspn2d_bwd_launch(torch.randn(1, 9, 5, 4, 8), x, lam, z, None, torch.randn(1, 9, 5, 4, 8), None, bad)
+        TB.line_scan_bwd_triton(t, t, t, t, t, t, t, None, general)
+    with pytest.raises(ValueError, match="only under gspn2d"):
+        TB.line_scan_fwd_triton(t, t, t, t, t, None, TB.LaunchConfig(16, 8, 1, 1, 1, False, 1, True))
 
 
 BOUNDS_CASES = [

@@ -230,9 +230,13 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
 
 
 def backward_config(
-    L: int, C: int, GS: int, override: LaunchConfig | None = None, *, B: int = 32, itemsize: int = 2
+    L: int, C: int, GS: int, override: LaunchConfig | None = None, *, B: int = 32, itemsize: int = 2,
+    split: bool = True,
 ) -> tuple[LaunchConfig, int]:
     """Pick the backward tile and the gate-gradient reduction mode (see ``gspn_bwd_kernel``).
+
+    ``split=False``: only the general kernel's tiles (one block holds the whole line), for callers
+    that launch ``gspn_bwd_kernel`` itself (line_scan).
 
     Modes: 0 = one gate per channel; 1 = power-of-two groups summed inside a channel block;
     2 = per-channel scratch summed by the caller; 3 = the block lies inside one group.
@@ -244,11 +248,11 @@ def backward_config(
     G = 16, ``bench op --sweep``, fifth session): 0.42 / 0.49 ms per call in bf16 / fp32 against
     1.44 / 1.24 ms for mode 2 (kernel alone 0.83 / 0.59 ms).
     """
-    split = None if override is not None else scratch_backward_config(B, L, C, itemsize, GS)
+    tiled = None if override is not None or not split else scratch_backward_config(B, L, C, itemsize, GS)
     if override is not None:
         cfg = override
-    elif split is not None:
-        cfg = split
+    elif tiled is not None:
+        cfg = tiled
     elif _next_pow2(L) >= 128:
         cfg = _backward_config_long(L, C, GS, B, itemsize)
     else:
@@ -384,13 +388,13 @@ def _fast_math(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and not _interpreting()
 
 
-def _check_split_covers(cfg: LaunchConfig, H: int, W: int) -> None:
-    """A split-line config's R tiles of block_l rows must hold the longest line."""
-    if cfg.split and cfg.split * cfg.block_l < max(H, W):
-        raise ValueError(
-            f"gspn2d (triton): LaunchConfig(split={cfg.split}, block_l={cfg.block_l}) covers lines of "
-            f"{cfg.split * cfg.block_l} positions, the input's are up to {max(H, W)} (H={H}, W={W})"
-        )
+def _check_covers(cfg: LaunchConfig, L: int, op: str = "gspn2d") -> None:
+    """A config's tiles (R split tiles of block_l rows, or one block of block_l rows for the
+    general kernels) must hold the longest line, L positions."""
+    rows = max(1, cfg.split) * cfg.block_l
+    if rows < L:
+        what = f"split={cfg.split}, block_l={cfg.block_l}" if cfg.split else f"block_l={cfg.block_l}"
+        raise ValueError(f"{op} (triton): LaunchConfig({what}) covers lines of {rows} positions, the input's are {L} long")
 
 
 def _exchange_buffer(cfg: LaunchConfig, grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -502,7 +506,7 @@ def gspn2d_fwd_launch(
         return None, y, hs
     _check_offsets(x=x, lam=lam, z=z, u=u, y=y)
     cfg = config if config is not None else gspn2d_forward_config(B, H, W, C, G, x.element_size())
-    _check_split_covers(cfg, H, W)
+    _check_covers(cfg, max(H, W))
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (y, hs if hs is not None else y)
@@ -584,7 +588,7 @@ def gspn2d_bwd_launch(
         dz_buf = torch.empty_like(z)
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (dxd, dlam, du if du is not None else dlam, dz_buf)
-    _check_split_covers(cfg, H, W)
+    _check_covers(cfg, max(H, W))
     if cfg.split:  # the split backward always exchanges through the scratch
         outs += (_exchange_buffer(cfg, grid, x.device),)
     args = (
@@ -647,6 +651,9 @@ def line_scan_fwd_triton(
     if y.numel() == 0:
         return y
     cfg = forward_config(H, C, config, B=N)
+    if cfg.split:
+        raise ValueError(f"line_scan (triton): the split-line kernels run only under gspn2d, got {cfg}")
+    _check_covers(cfg, H, "line_scan")
     ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
     sn, sc, sh, sw = x.stride()
     K.gspn_fwd_kernel[grid](
@@ -675,7 +682,10 @@ def line_scan_bwd_triton(
     dg = torch.empty((3,) + tuple(x.shape), dtype=g1.dtype, device=x.device)
     if dx.numel() == 0:
         return dx.zero_(), dlam.zero_(), dg.zero_()
-    cfg, _ = backward_config(H, C, 1, config, B=N)
+    cfg, _ = backward_config(H, C, 1, config, B=N, itemsize=x.element_size(), split=False)
+    if cfg.split:
+        raise ValueError(f"line_scan (triton): the split-line kernels run only under gspn2d, got {cfg}")
+    _check_covers(cfg, H, "line_scan")
     ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
     sn, sc, sh, sw = x.stride()
     K.gspn_bwd_kernel[grid](
