@@ -146,7 +146,12 @@ SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 
 ]
 
 
-@pytest.mark.parametrize("cfg,G,chunk,dtype,L", [c + (147,) for c in SPLIT_BWD_GPU] + [c + (74,) for c in SPLIT_BWD_GPU_74],
+SPLIT_BWD_GPU_ONE_TILE = [  # lines of <= 32 as one tile, per-channel gates (sixth session's dispatch), with L
+    ((16, 64, 4, 1, 1), 64, None, _BF16, 14), ((32, 32, 4, 1, 1), 64, 5, _BF16, 24), ((32, 32, 4, 1, 1), 64, None, torch.float16, 32),
+]
+
+
+@pytest.mark.parametrize("cfg,G,chunk,dtype,L", [c + (147,) for c in SPLIT_BWD_GPU] + [c + (74,) for c in SPLIT_BWD_GPU_74] + SPLIT_BWD_GPU_ONE_TILE,
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v).replace("torch.", ""))
 def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     """The split-line backward (scratch exchange) that ``bench op --sweep --sweep-set scratch``

@@ -383,6 +383,12 @@ def test_dispatch_follows_the_measurements():
     # per-channel gates do not
     assert all(b(L, G, 32, 2).asm_dz for L in (74, 147) for G in (16, 1))
     assert not any(b(L, G, 32, it).asm_dz for L in (74, 147) for G, it in ((64, 2), (16, 4), (1, 4)))
+    # lines of 9-32, per-channel gates, 2-byte dtypes: the split backward as one tile (sixth session)
+    one = lambda B, L, C, GS, it: TB.backward_config(L, C, GS, B=B, itemsize=it)[0]
+    assert shape(one(64, 14, 768, 1, 2)) == (16, 1, 64, 4, 1) and one(64, 14, 768, 1, 2).scratch
+    assert shape(one(16, 32, 768, 1, 2)) == (32, 1, 32, 4, 1)
+    assert not any(one(64, 14, 768, GS, it).split for GS, it in ((48, 2), (768, 2), (1, 4)))
+    assert not one(64, 8, 768, 1, 2).split and not one(1, 14, 32, 1, 2).split  # short lines / few programs
     # groups of 6 in 96 channels: no block inside a group of >= 8 channels, so the previous rule
     assert (TB.backward_config(74, 96, 6, B=32, itemsize=2)[0].block_c, TB.backward_config(74, 96, 6, B=32, itemsize=2)[1]) == (16, 2)
 
@@ -406,6 +412,24 @@ def test_backward_narrows_the_block_inside_gate_groups_that_do_not_tile_it():
         got = TB.gspn2d_bwd_triton(*(t.to(DEVICE) for t in (dy, x, lam, z, u, h)), None, c)
         for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
             assert_close(name, a, b, 1e-5)
+
+
+@pytest.mark.parametrize("HW,chunk", [((13, 9), None), ((7, 11), 4)], ids=["13x9", "7x11ck4"])
+def test_one_tile_split_backward_matches_reference(HW, chunk):
+    """The config the dispatch picks for ViT-B's 14 x 14 x 768 per-channel backward in bf16 (one
+    16-row tile, 64 channels), on a small grid: every gradient against the float64 reference."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    cfg, mode = TB.backward_config(14, 768, 1, B=64, itemsize=2)
+    assert (cfg.split, cfg.block_l, cfg.block_c, mode) == (1, 16, 64, 0)
+    x, lam, z, u, dy = _split_case_inputs((1, *HW, 64, 64, chunk, True), seed=17)
+    lam = torch.sigmoid(lam)
+    h = gspn2d(x, lam, z, chunk=chunk, backend="reference")
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())
+    got = TB.gspn2d_bwd_triton(*(t.to(DEVICE) for t in (dy, x, lam, z, u, h)), chunk, cfg)
+    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+        assert_close(name, a, b, 1e-5)
 
 
 def test_config_shorter_than_the_line_is_refused():
