@@ -140,19 +140,25 @@ def test_fence_and_regcap_sweep_sets():
             assert cfg.maxnreg * cfg.num_warps * 32 * 2 <= 65536
 
 
-def test_short_line_backward_sweep_set():
-    """`--sweep-set short`: one-tile split backward configs for lines of at most 32 (2-8 elements
-    per thread), whose gradients are the reference's."""
+def test_short_line_sweep_set():
+    """`--sweep-set short`: for lines of at most 32, the general kernel's backward config then
+    one-tile split backward configs (2-8 elements per thread), whose gradients are the reference's;
+    forward general and one-tile split configs (2-16 elements per thread), whose outputs are."""
     import torch
 
-    from cgspn.bench.op import short_backward_configs
+    from cgspn.bench.op import short_backward_configs, short_forward_configs
     from cgspn.ops import gspn2d
     from cgspn.ops.gspn import triton_backend as TB
 
-    assert short_backward_configs(33, 64) == []
-    for cfg in short_backward_configs(14, 768):
+    assert short_backward_configs(33, 64) == [] and short_forward_configs(33, 64) == []
+    general, *split = short_backward_configs(14, 768)
+    assert general.split == 0 and general.block_l == 16
+    for cfg in split:
         assert cfg.split == 1 and cfg.block_l == 16 and cfg.asm_dz
         assert 2 * 32 * cfg.num_warps <= cfg.block_l * cfg.block_c <= 8 * 32 * cfg.num_warps
+    fwd = short_forward_configs(24, 768)
+    assert {c.split for c in fwd} == {0, 1} and all(c.block_l == 32 and (c.scratch or not c.split) for c in fwd)
+    assert all(2 * 32 * c.num_warps <= c.block_l * c.block_c <= 16 * 32 * c.num_warps for c in fwd)
     B, H, W, C, G = 1, 5, 7, 16, 2
     g = torch.Generator().manual_seed(4)
     mk = lambda *s: torch.randn(*s, generator=g)
@@ -160,6 +166,11 @@ def test_short_line_backward_sweep_set():
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
     h = gspn2d(x, lam, z, backend="reference")
-    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, short_backward_configs(W, C)[0])
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    for cfg in short_backward_configs(W, C)[:2]:  # the general kernel's, the first one-tile split
+        got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, cfg)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    one_tile = next(c for c in short_forward_configs(W, C) if c.split)
+    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, one_tile)
+    torch.testing.assert_close(y.double(), gspn2d(*ins[:3], u=ins[3], backend="reference"), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hs, h, rtol=1e-5, atol=1e-5)

@@ -53,8 +53,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward; or the heuristic's plus scratch "
                         "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM; or (backward) the heuristic's "
                         "and the wide configs (and, for groups that do not tile a block, blocks inside one group) with the gate-group "
-                        "gradients stored in their own layout; or (backward, lines <= 32) "
-                        "the heuristic's and one-tile split configs (default: %(default)s)")
+                        "gradients stored in their own layout; or (lines <= 32) "
+                        "the heuristic's, the general kernel's and one-tile split configs (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -333,22 +333,49 @@ def asmdz_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     return out
 
 
-def short_backward_configs(L: int, C: int) -> list[Any]:
+def short_forward_configs(L: int, C: int) -> list[Any]:
+    """Forward configs for lines of at most 32 positions (ViT-B at 224-512 px: 14-32): the general
+    kernel (one block of next_pow2(L) rows) and the split kernel as one tile with the scratch
+    exchange, each with 8-64 channels, 1-8 warps holding 2-16 elements per thread, the prefetch 1
+    or 2 steps ahead. The dispatch runs the one-tile shuffle kernel with 8 channels and one warp
+    when gate groups do not tile the general kernel's block (e.g. 16 groups of 48), which measured
+    22-46% of copy at 14-32 (sixth session)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    if L > 32:
+        return []
+    bl, k = _next_pow2(L), max(16, _next_pow2(L))
+    cmax = _next_pow2(C)
+    out: list[Any] = []
+    for bc in sorted({min(cmax, b) for b in (8, 16, 32, 64)}):
+        for w in (1, 2, 4, 8):
+            for pf in (1, 2):
+                if 2 * 32 * w <= bl * bc <= 16 * 32 * w:
+                    out.append(LaunchConfig(bl, bc, w, pf))
+                if 2 * 32 * w <= k * bc <= 16 * 32 * w:
+                    out.append(LaunchConfig(k, bc, w, pf, 1, False, 1, True))
+    return out
+
+
+def short_backward_configs(L: int, C: int, GS: int = 1, B: int = 32, itemsize: int = 2) -> list[Any]:
     """Backward configs for lines of at most 32 positions (the ViT-B shape's 14) with the split
     kernel's single tile (R = 1: the neighbours are the same thread's rows and the scratch): 8-128
     channels, 1-8 warps with 2-8 elements per thread, no prefetch or one step, the gate-group
     gradients stored in their own layout. Compiled for sm_90 (Triton 3.6) at 64 x 14 x 14 x 768,
-    these have 0-2 layout conversions per step where the general kernel the dispatch runs has 11
-    (16 groups of 48) or 14 with 28 barriers (per-channel gates)."""
+    these have 0-2 layout conversions per step where the general kernel has 11 (16 groups of 48)
+    or 14 with 28 barriers (per-channel gates). The general kernel's config (what the dispatch ran
+    before the one-tile rule) comes first after the heuristic's, for comparison."""
+    from cgspn.ops.gspn import triton_backend as TB
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
 
     if L > 32:
         return []
     k = max(16, _next_pow2(L))
     cmax = _next_pow2(C)
-    return [LaunchConfig(k, bc, w, pf, 1, False, 1, True, asm_dz=True)
-            for bc in sorted({min(cmax, b) for b in (8, 16, 32, 64, 128)}) for w in (1, 2, 4, 8)
-            if 2 * 32 * w <= k * bc <= 8 * 32 * w for pf in (0, 1)]
+    general, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize, split=False)  # the kernel it replaces
+    return [general] + [LaunchConfig(k, bc, w, pf, 1, False, 1, True, asm_dz=True)
+                        for bc in sorted({min(cmax, b) for b in (8, 16, 32, 64, 128)}) for w in (1, 2, 4, 8)
+                        if 2 * 32 * w <= k * bc <= 8 * 32 * w for pf in (0, 1)]
 
 
 def pipelined_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
@@ -416,7 +443,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "fence": (lambda L, C, B, it, G: fence_configs(L, C, B, it, G), lambda L, C, B, it, GS: fence_backward_configs(L, C, GS, B, it)),
     "regcap": (lambda L, C, B, it, G: regcap_configs(L, C, B, it), lambda L, C, B, it, GS: regcap_backward_configs(L, C, B, it)),
     "asmdz": (_none, lambda L, C, B, it, GS: asmdz_backward_configs(L, C, GS, B, it)),
-    "short": (_none, lambda L, C, B, it, GS: short_backward_configs(L, C)),
+    "short": (lambda L, C, B, it, G: short_forward_configs(L, C), lambda L, C, B, it, GS: short_backward_configs(L, C, GS, B, it)),
 }
 
 

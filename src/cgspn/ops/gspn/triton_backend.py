@@ -307,8 +307,12 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
     lines of at most 96 (prefetch 1 step with one group for all channels, none with smaller groups)
     and 16-channel blocks with 8 warps, the split kernel also for one group, on lines of 97-192.
     Measured at B = 32, C = 64: 74 x 74 0.430 / 0.475 ms (4-channel / shared gates) against
-    0.493 / 0.508; 147 x 147 1.84 / 2.20 against 2.14 / 2.69 (the general kernel). In fp32 it
-    spills and gains nothing, so fp32 is unchanged."""
+    0.493 / 0.508; 147 x 147 1.84 / 2.20 against 2.14 / 2.69 (the general kernel).
+
+    Sixth session (``bench op --sweep-set scratch``, fp32): the own-layout stores gain on lines of
+    97-192 with gate groups smaller than the channels (147 x 147, 4-channel groups: 2.96 -> 2.66 ms
+    per call), not with one shared group (3.28 -> 3.33) nor on lines of at most 96 (74 x 74: the
+    32-channel blocks stay faster without them, 0.575 against 0.628)."""
     tiles = _split_tiles(L)
     cmax = _next_pow2(C)
     bc = min(16, cmax)
@@ -320,7 +324,10 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
     if itemsize > 2:
         if wide_ok:
             return LaunchConfig(k, wide, 8, 0 if GS == 1 else 1, 1, False, r, True)
-        return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True) if L <= 192 else None
+        if L > 192:
+            return None
+        own = 1 < GS < C and _reduces_in_block(GS, bc)  # sixth session: 147 x 147, 4-channel groups 2.96 -> 2.66 ms
+        return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True, asm_dz=own)
     if GS == 1:
         if wide_ok:
             return LaunchConfig(k, wide, 8, 1, 1, False, r, True)
