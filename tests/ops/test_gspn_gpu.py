@@ -61,12 +61,15 @@ def test_large_channel_count_per_channel_gates():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_split_forward_where_the_dispatch_picks_it(dtype):
-    """768 channels in 16 groups of 48 on 14-long lines: the forward runs the split-line kernel."""
+@pytest.mark.parametrize("L", [14, 24])
+def test_forward_narrowed_inside_gate_groups_where_the_dispatch_picks_it(dtype, L):
+    """768 channels in 16 groups of 48 on 14- and 24-long lines: the forward's general block
+    narrows to 16 channels inside one group (sixth session; before, the one-tile shuffle kernel)."""
     from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
 
-    assert gspn2d_forward_config(8, 14, 14, 768, 16, dtype.itemsize).split == 1
-    _check(8, 14, 14, 768, 16, None, dtype, with_u=True)
+    cfg = gspn2d_forward_config(8, L, L, 768, 16, dtype.itemsize)
+    assert (cfg.split, cfg.block_c, cfg.num_warps) == (0, 16, 1)
+    _check(8, L, L, 768, 16, None, dtype, with_u=True)
 
 
 @pytest.mark.parametrize("cfg", [(32, 8, 1, 0, 1, 0, 5), (32, 4, 1, 0, 3, 0, 5), (256, 8, 4, 0, 3, 0, 0),
@@ -147,7 +150,7 @@ SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 
 
 
 SPLIT_BWD_GPU_ONE_TILE = [  # lines of <= 32 as one tile, per-channel gates (sixth session's dispatch), with L
-    ((16, 64, 4, 1, 1), 64, None, _BF16, 14), ((32, 32, 4, 1, 1), 64, 5, _BF16, 24), ((32, 32, 4, 1, 1), 64, None, torch.float16, 32),
+    ((16, 64, 4, 1, 1), 64, None, _BF16, 14), ((32, 32, 8, 0, 1), 64, 5, _BF16, 24), ((32, 32, 8, 0, 1), 64, None, torch.float16, 32),
 ]
 
 

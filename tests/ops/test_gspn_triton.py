@@ -364,7 +364,9 @@ def test_dispatch_follows_the_measurements():
         assert shape(f(32, 74, 74, 64, G, 4)) == (16, 5, 64, 8, 1)
         assert shape(f(32, 147, 147, 64, G, 2)) == (32, 5, 32, 16, 1)
         assert shape(f(32, 147, 147, 64, G, 4)) == (32, 5, 32, 8, 1)
-    assert f(64, 14, 14, 768, 16, 2).split == 1 and not f(64, 14, 14, 768, 16, 2).scratch
+    # 16 groups of 48 on lines <= 32: the general kernel's block narrowed inside a group (sixth session)
+    assert shape(f(64, 14, 14, 768, 16, 2)) == (16, 0, 16, 1, 2) and shape(f(16, 32, 32, 768, 16, 2)) == (32, 0, 16, 1, 1)
+    assert shape(f(64, 14, 14, 768, 64, 2)) == (16, 0, 128, 4, 1)  # groups of 12: no such block, the general one
     for G, bc in ((64, 4), (16, 8), (1, 4)):  # one image's latent: 64-row tiles, one element per thread
         cfg = f(1, 147, 147, 64, G, 2)
         assert cfg.scratch and (cfg.block_l, cfg.split, cfg.block_c, cfg.num_warps) == (64, 3, bc, 8)
@@ -387,7 +389,7 @@ def test_dispatch_follows_the_measurements():
     # lines of 9-32, per-channel gates, 2-byte dtypes: the split backward as one tile (sixth session)
     one = lambda B, L, C, GS, it: TB.backward_config(L, C, GS, B=B, itemsize=it)[0]
     assert shape(one(64, 14, 768, 1, 2)) == (16, 1, 64, 4, 1) and one(64, 14, 768, 1, 2).scratch
-    assert shape(one(16, 32, 768, 1, 2)) == (32, 1, 32, 4, 1)
+    assert shape(one(16, 32, 768, 1, 2)) == (32, 1, 32, 8, 0)
     assert not any(one(64, 14, 768, GS, it).split for GS, it in ((48, 2), (768, 2), (1, 4)))
     assert not one(64, 8, 768, 1, 2).split and not one(1, 14, 32, 1, 2).split  # short lines / few programs
     # groups of 6 in 96 channels: no block inside a group of >= 8 channels, so the previous rule
@@ -431,6 +433,22 @@ def test_one_tile_split_backward_matches_reference(HW, chunk):
     got = TB.gspn2d_bwd_triton(*(t.to(DEVICE) for t in (dy, x, lam, z, u, h)), chunk, cfg)
     for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
         assert_close(name, a, b, 1e-5)
+
+
+def test_forward_narrows_the_block_inside_gate_groups_on_short_lines():
+    """96 channels in 2 groups of 48 on lines of 6, with programs enough that the general kernel's
+    block would be 64 channels (gates normalised per channel): the dispatch narrows it to 16 inside
+    one group (one warp); that config's outputs and states (on one batch item, to keep the
+    interpreter quick) against the float64 reference."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    cfg = TB.gspn2d_forward_config(25, 6, 5, 96, 2, 4)
+    assert (cfg.split, cfg.block_l, cfg.block_c, cfg.num_warps, cfg.prefetch) == (0, 8, 16, 1, 2)
+    x, lam, z, u, _ = _split_case_inputs((1, 6, 5, 96, 2, 4, True), seed=19)
+    lam = torch.sigmoid(lam)
+    y, hs = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam, z, u)), 4, True, cfg)
+    assert_close("y", y, gspn2d(x.double(), lam.double(), z.double(), u=u.double(), chunk=4, backend="reference"), 1e-5)
+    assert_close("h", hs, gspn2d(x.double(), lam.double(), z.double(), chunk=4, backend="reference"), 1e-5)
 
 
 def test_config_shorter_than_the_line_is_refused():

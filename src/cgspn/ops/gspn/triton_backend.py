@@ -205,11 +205,15 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
 
     Very small batches on lines of 97-192: :func:`few_programs_forward_config`. Lines of 33-384
     positions: the split-line kernel with the scratch exchange (:func:`scratch_forward_config`;
-    1.3-3.0x the general kernel on the H200). Shorter lines: the
-    general kernel (:func:`forward_config`), except where the shuffle split-line kernel measured
-    faster: one tile of <= 32 rows with gate groups that do not tile the general kernel's channel
-    block, which would make it normalise the gates once per channel (e.g. 768 channels in 16
-    groups of 48: 1.6-1.8x). Longer lines: the general kernel.
+    1.3-3.0x the general kernel on the H200). Shorter lines: the general kernel
+    (:func:`forward_config`). Where gate groups do not tile its channel block (which would make it
+    normalise the gates once per channel, e.g. 768 channels in 16 groups of 48), the block narrows
+    to the widest power of two inside one group (at most 16), one warp: measured on the H200 (sixth
+    session, ``bench op --sweep-set short``, bf16, C = 768, G = 16) 64 x 14 x 14 0.116 ms,
+    32 x 24 x 24 0.184, 16 x 32 x 32 0.194 against 0.129 / 0.368 / 0.361 for the one-tile shuffle
+    kernel that ran before (:func:`split_forward_config`, now only swept: where no block of >= 8
+    channels lies inside a group, no split tile's block reduces the gates either). Longer lines:
+    the general kernel.
     """
     L, GS = max(H, W), C // G
     few = few_programs_forward_config(B, L, C, GS, itemsize)
@@ -222,10 +226,12 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     if scratch is not None and (enough or (GS == 1 and itemsize <= 2)):
         return scratch
     general = forward_config(L, C, B=B, shared=GS >= 8)
-    if GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
-        split = split_forward_config(L, C, itemsize=itemsize)
-        if split is not None and split.split == 1 and _z_tile_width(GS, split.block_c) < split.block_c:
-            return split
+    if L <= 32 and GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
+        inside = _inside_or_whole_groups(GS, 16)
+        if _reduces_in_block(GS, inside) and inside < general.block_c:
+            # one warp, the prefetch 2 steps ahead when a thread holds at most 8 elements
+            bl = general.block_l
+            return LaunchConfig(bl, inside, 1, 2 if bl * inside <= 8 * 32 else 1)
     return general
 
 
@@ -349,24 +355,27 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
 
 def one_tile_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) -> LaunchConfig | None:
     """The split-line backward as one tile (``split=1``, the scratch exchange unused) for lines of
-    9-32 positions with per-channel gates in 2-byte dtypes: next_pow2(L) rows, 1024 elements a
-    program (64 channels at 16 rows), 4 warps, prefetch 1; the channel block halved until the launch
-    has about one program per SM. None elsewhere.
+    9-32 positions with per-channel gates in 2-byte dtypes: next_pow2(L) rows; 16-row tiles take 64
+    channels, 4 warps and the prefetch one step ahead, 32-row tiles 32 channels, 8 warps, no
+    prefetch; the channel block halved until the launch has about one program per SM. None elsewhere.
 
-    Measured on the H200 (sixth session, ``bench op --sweep-set short``, 64 x 14 x 14 x 768, bf16):
-    0.387 ms per call against 0.502 for the general kernel, which at 255 registers spilled 82 (the
-    split kernel: 168, none). With gate groups, or in fp32, the general kernel was as fast or faster
-    (0.42 / 0.31 ms for 16 / 1 groups against the best split 0.47 / 0.32; fp32 0.59 against 0.61).
+    Measured on the H200 (sixth session, ``bench op --sweep-set short``, C = 768, bf16, per call):
+    64 x 14 x 14 0.387 ms, 32 x 24 x 24 0.682, 16 x 32 x 32 0.550 against the general kernel's 0.507 /
+    0.935 / 0.738 (at 14 x 14 it used 255 registers and spilled 82 bytes, the split kernel 168 and
+    none); the fastest swept were 0.387 / 0.648 / 0.549. With gate groups, or in fp32, the general
+    kernel was as fast or faster (14 x 14: 0.42 / 0.31 ms for 16 / 1 groups against the best split's
+    0.47 / 0.32; fp32 0.59 against 0.61).
     """
     if GS != 1 or itemsize > 2 or not 8 < L <= 32:
         return None
     k = _next_pow2(L)
-    bc = min(_next_pow2(C), 1024 // k)
+    bc, warps, pf = (64, 4, 1) if k <= 16 else (32, 8, 0)
+    bc = min(_next_pow2(C), bc)
     while bc > 8 and not _one_wave(B, C, bc):
         bc //= 2
     if not _one_wave(B, C, bc):
         return None
-    return LaunchConfig(k, bc, 4, 1, 1, False, 1, True)
+    return LaunchConfig(k, bc, warps, pf, 1, False, 1, True)
 
 
 def _reduces_in_block(GS: int, bc: int) -> bool:
