@@ -174,3 +174,29 @@ def test_short_line_sweep_set():
     y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, one_tile)
     torch.testing.assert_close(y.double(), gspn2d(*ins[:3], u=ins[3], backend="reference"), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(hs, h, rtol=1e-5, atol=1e-5)
+
+
+def test_inside_group_backward_sweep_set():
+    """`--sweep-set inside`: general-kernel backward blocks inside one gate group (mode 3), none for
+    per-channel gates; one of them (two gathers, own-layout stores) against the reference."""
+    import torch
+
+    from cgspn.bench.op import inside_group_backward_configs
+    from cgspn.ops import gspn2d
+    from cgspn.ops.gspn import triton_backend as TB
+
+    assert inside_group_backward_configs(14, 768, 1) == [] and inside_group_backward_configs(14, 96, 12) == []
+    cfgs = inside_group_backward_configs(14, 768, 48)
+    assert cfgs and all(c.split == 0 and c.block_l == 16 and 48 % c.block_c == 0 for c in cfgs)
+    assert {(c.joined, c.asm_dz, c.prefetch) for c in cfgs} == {(j, a, p) for j in (0, 1) for a in (0, 1) for p in (0, 1)}
+    B, H, W, C, G = 1, 5, 7, 32, 2
+    g = torch.Generator().manual_seed(6)
+    mk = lambda *s: torch.randn(*s, generator=g)
+    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
+    h = gspn2d(x, lam, z, backend="reference")
+    cfg = next(c for c in inside_group_backward_configs(W, C, C // G) if c.block_c == 16 and not c.joined and c.asm_dz)
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, cfg)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)

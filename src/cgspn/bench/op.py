@@ -54,7 +54,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM; or (backward) the heuristic's "
                         "and the wide configs (and, for groups that do not tile a block, blocks inside one group) with the gate-group "
                         "gradients stored in their own layout; or (lines <= 32) "
-                        "the heuristic's, the general kernel's and one-tile split configs (default: %(default)s)")
+                        "the heuristic's, the general kernel's and one-tile split configs; or (backward) the heuristic's and general "
+                        "blocks inside one gate group (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -333,6 +334,20 @@ def asmdz_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     return out
 
 
+def inside_group_backward_configs(L: int, C: int, GS: int) -> list[Any]:
+    """General-kernel backward configs whose channel block lies inside one gate group (mode 3: one
+    partial gate gradient per block): 8 or 16 channels (those dividing the group), 1-4 warps, no
+    prefetch or one step, one gather for both neighbour shifts or two, the gate gradients stored
+    plainly or in their reduction's layout. Empty for per-channel gates or where no 8-channel block
+    fits inside a group."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    bl = _next_pow2(L)
+    return [LaunchConfig(bl, bc, w, pf, 1, joined, asm_dz=own)
+            for bc in (8, 16) if GS > 1 and GS % bc == 0 and bc <= C for w in (1, 2, 4) if bl * bc >= 32 * w
+            for pf in (0, 1) for joined in (False, True) for own in (False, True)]
+
+
 def short_forward_configs(L: int, C: int) -> list[Any]:
     """Forward configs for lines of at most 32 positions (ViT-B at 224-512 px: 14-32): the general
     kernel (one block of next_pow2(L) rows) and the split kernel as one tile with the scratch
@@ -444,6 +459,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "regcap": (lambda L, C, B, it, G: regcap_configs(L, C, B, it), lambda L, C, B, it, GS: regcap_backward_configs(L, C, B, it)),
     "asmdz": (_none, lambda L, C, B, it, GS: asmdz_backward_configs(L, C, GS, B, it)),
     "short": (lambda L, C, B, it, G: short_forward_configs(L, C), lambda L, C, B, it, GS: short_backward_configs(L, C, GS, B, it)),
+    "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
 }
 
 
