@@ -97,9 +97,11 @@ def test_forward_launch_variants_the_sweep_times(cfg, G, chunk, dtype):
     assert_close("h", hs, hr, RATIO[dtype], atol=1e-5)
 
 
-def test_line_scan_on_gpu():
+@pytest.mark.parametrize("shape", [(2, 16, 37, 53), (2, 300, 40, 9)], ids=["small", "many-channels"])
+def test_line_scan_on_gpu(shape):
+    """line_scan forward and every gradient against float64; (2, 300, 40, 9): lines of 40 with
+    batch x channels at which gspn2d's backward takes split tiles (line_scan must not)."""
     g = torch.Generator(device="cuda").manual_seed(1)
-    shape = (2, 16, 37, 53)
     x = torch.randn(*shape, generator=g, device="cuda").requires_grad_()
     lam = torch.randn(*shape, generator=g, device="cuda").requires_grad_()
     gates = [t.detach().requires_grad_() for t in normalize_gates(*torch.randn(3, *shape, generator=g, device="cuda"))]

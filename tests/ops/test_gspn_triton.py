@@ -451,6 +451,46 @@ def test_forward_narrows_the_block_inside_gate_groups_on_short_lines():
     assert_close("h", hs, gspn2d(x.double(), lam.double(), z.double(), chunk=4, backend="reference"), 1e-5)
 
 
+def test_dispatch_gives_valid_launches_on_any_shape():
+    """Every config the forward and backward dispatch (and line_scan's, general tiles only) pick,
+    over a grid of batch sizes, line lengths, channel counts, gate groupings and dtypes: its tiles
+    cover the line, blocks and warps are powers of two, blocks no wider than the channels need, and
+    the backward's gate-gradient mode matches the block (3: inside one group; 1: whole
+    power-of-two groups; 0: per-channel). No kernel runs; this pins the rules' invariants."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    pow2 = lambda v: v > 0 and v & (v - 1) == 0
+    seen = 0
+    for B in (1, 2, 5, 32, 128):
+        for L in (1, 2, 7, 9, 14, 16, 17, 24, 32, 33, 37, 64, 74, 96, 97, 147, 192, 193, 256, 384, 385, 600):
+            for C in (1, 3, 8, 24, 64, 96, 192, 768, 1152):
+                for G in sorted({g for g in (1, 2, 4, 16, 48, C // 4, C // 2, C) if g >= 1 and C % g == 0}):
+                    GS = C // G
+                    for itemsize in (2, 4):
+                        cfgs = [TB.gspn2d_forward_config(B, L, max(1, L // 2), C, G, itemsize)]
+                        bwd, mode = TB.backward_config(L, C, GS, B=B, itemsize=itemsize)
+                        cfgs.append(bwd)
+                        general, _ = TB.backward_config(L, C, 1, B=B, itemsize=itemsize, split=False)
+                        assert general.split == 0
+                        cfgs.append(general)
+                        for cfg in cfgs:
+                            assert max(1, cfg.split) * cfg.block_l >= L, (B, L, C, G, itemsize, cfg)
+                            assert pow2(cfg.block_l) and pow2(cfg.block_c) and pow2(cfg.num_warps) and cfg.num_warps <= 16
+                            assert cfg.block_c <= max(1, 2 * C), cfg  # no block wider than the channels' power of two
+                        bc = bwd.block_c
+                        if GS == 1:
+                            assert mode == 0
+                        elif mode == 3:
+                            assert GS % bc == 0
+                        elif mode == 1:
+                            assert pow2(GS) and bc % GS == 0
+                        else:
+                            assert mode == 2 and not (GS % bc == 0 or (pow2(GS) and bc % GS == 0))
+                        assert not bwd.asm_dz or (GS > 1 and mode in (1, 3))
+                        seen += 1
+    assert seen > 5000
+
+
 def test_config_shorter_than_the_line_is_refused():
     """Split (R tiles) and general (one block) configs alike must cover the line; line_scan takes
     only general ones."""
