@@ -208,12 +208,13 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     1.3-3.0x the general kernel on the H200). Shorter lines: the general kernel
     (:func:`forward_config`). Where gate groups do not tile its channel block (which would make it
     normalise the gates once per channel, e.g. 768 channels in 16 groups of 48), the block narrows
-    to the widest power of two inside one group (at most 16), one warp: measured on the H200 (sixth
-    session, ``bench op --sweep-set short``, bf16, C = 768, G = 16) 64 x 14 x 14 0.116 ms,
-    32 x 24 x 24 0.184, 16 x 32 x 32 0.194 against 0.129 / 0.368 / 0.361 for the one-tile shuffle
-    kernel that ran before (:func:`split_forward_config`, now only swept: where no block of >= 8
-    channels lies inside a group, no split tile's block reduces the gates either). Longer lines:
-    the general kernel.
+    to the widest power of two inside one group (at most 16), one warp, the prefetch 2 steps ahead.
+    Measured on the H200 (sixth session, ``bench op --sweep-set short``, bf16, C = 768, G = 16):
+    64 x 14 x 14 0.116 ms, 32 x 24 x 24 0.184, 16 x 32 x 32 0.194 against 0.129 / 0.368 / 0.361 for
+    the one-tile shuffle kernel that ran before; in fp32 the prefetch 2 steps ahead against 1 step
+    was 1.05 / 1.15x at 24 / 32 (bf16: within run-to-run noise, 0.98-1.1x). The shuffle kernel
+    (:func:`split_forward_config`) is now only swept: where no block of >= 8 channels lies inside a
+    group, no split tile's block reduces the gates either. Longer lines: the general kernel.
     """
     L, GS = max(H, W), C // G
     few = few_programs_forward_config(B, L, C, GS, itemsize)
@@ -229,9 +230,8 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     if L <= 32 and GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
         inside = _inside_or_whole_groups(GS, 16)
         if _reduces_in_block(GS, inside) and inside < general.block_c:
-            # one warp, the prefetch 2 steps ahead when a thread holds at most 8 elements
-            bl = general.block_l
-            return LaunchConfig(bl, inside, 1, 2 if bl * inside <= 8 * 32 else 1)
+            # one warp, the prefetch 2 steps ahead
+            return LaunchConfig(general.block_l, inside, 1, 2)
     return general
 
 
