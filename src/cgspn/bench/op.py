@@ -352,9 +352,9 @@ def short_forward_configs(L: int, C: int) -> list[Any]:
     """Forward configs for lines of at most 32 positions (ViT-B at 224-512 px: 14-32): the general
     kernel (one block of next_pow2(L) rows) and the split kernel as one tile with the scratch
     exchange, each with 8-64 channels, 1-8 warps holding 2-16 elements per thread, the prefetch 1
-    or 2 steps ahead. The dispatch runs the one-tile shuffle kernel with 8 channels and one warp
-    when gate groups do not tile the general kernel's block (e.g. 16 groups of 48), which measured
-    22-46% of copy at 14-32 (sixth session)."""
+    or 2 steps ahead. Until the sixth session the dispatch ran the one-tile shuffle kernel with 8-16
+    channels and one warp when gate groups did not tile the general kernel's block (e.g. 16 groups
+    of 48), which measured 22-46% of copy at 14-32; this set found the narrowed general block."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
 
     if L > 32:
