@@ -12,6 +12,22 @@ from cgspn.ops import available_backends
 pytestmark = pytest.mark.skipif("triton" not in available_backends("cpu"), reason="needs the Triton interpreter")
 
 
+def _reference_case(B, H, W, C, G, seed):
+    """Inputs (x, lam, z, u, dy) of a small gspn2d case, the float64 reference's output y and its
+    gradients (dx, dlam, dz, du), and the state h the backward reads (float32)."""
+    import torch
+
+    from cgspn.ops import gspn2d
+
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g)
+    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    y = gspn2d(*ins[:3], u=ins[3], backend="reference")
+    grads = torch.autograd.grad(y, ins, dy.double())
+    return (x, lam, z, u, dy), y.detach(), grads, gspn2d(x, lam, z, backend="reference")
+
+
 def test_bench_op_sweep_cpu_smoke(tmp_path):
     out = tmp_path / "op.json"
     rc = main(["bench", "op", "--device", "cpu", "--shapes", "1,3,16,16", "--groups", "4", "--dtypes", "fp32",
@@ -86,7 +102,6 @@ def test_wide_sweep_configs_cover_the_line_and_compute_the_op():
     import torch
 
     from cgspn.bench.op import wide_scratch_backward_configs, wide_scratch_configs
-    from cgspn.ops import gspn2d
     from cgspn.ops.gspn import triton_backend as TB
 
     for L in (33, 74, 147, 384):
@@ -96,13 +111,8 @@ def test_wide_sweep_configs_cover_the_line_and_compute_the_op():
             assert cfg.scratch and cfg.split <= 6 and cfg.split * cfg.block_l >= L
             assert 32 * cfg.num_warps <= cfg.block_l * cfg.block_c <= most * 32 * cfg.num_warps
     assert wide_scratch_configs(400, 64) == [] and wide_scratch_backward_configs(400, 64) == []  # > 6 tiles
-    B, H, W, C, G = 1, 5, 40, 16, 4
-    g = torch.Generator().manual_seed(8)
-    mk = lambda *s: torch.randn(*s, generator=g)
-    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
-    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
-    want = gspn2d(*ins[:3], u=ins[3], backend="reference")
-    want_g = torch.autograd.grad(want, ins, dy.double())
+    C = 16
+    (x, lam, z, u, dy), want, want_g, _ = _reference_case(1, 5, 40, C, 4, seed=8)
     y, h = TB.gspn2d_fwd_triton(x, lam, z, u, None, True)
     cfg = wide_scratch_configs(40, C)[0]
     torch.testing.assert_close(TB.gspn2d_fwd_triton(x, lam, z, u, None, False, cfg)[0].double(), want, rtol=1e-5, atol=1e-5)
@@ -147,7 +157,6 @@ def test_short_line_sweep_set():
     import torch
 
     from cgspn.bench.op import short_backward_configs, short_forward_configs
-    from cgspn.ops import gspn2d
     from cgspn.ops.gspn import triton_backend as TB
 
     assert short_backward_configs(33, 64) == [] and short_forward_configs(33, 64) == []
@@ -159,20 +168,15 @@ def test_short_line_sweep_set():
     fwd = short_forward_configs(24, 768)
     assert {c.split for c in fwd} == {0, 1} and all(c.block_l == 32 and (c.scratch or not c.split) for c in fwd)
     assert all(2 * 32 * c.num_warps <= c.block_l * c.block_c <= 16 * 32 * c.num_warps for c in fwd)
-    B, H, W, C, G = 1, 5, 7, 16, 2
-    g = torch.Generator().manual_seed(4)
-    mk = lambda *s: torch.randn(*s, generator=g)
-    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
-    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
-    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
-    h = gspn2d(x, lam, z, backend="reference")
+    W, C = 7, 16
+    (x, lam, z, u, dy), want_y, want, h = _reference_case(1, 5, W, C, 2, seed=4)
     for cfg in short_backward_configs(W, C)[:2]:  # the general kernel's, the first one-tile split
         got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, cfg)
         for a, b in zip(got, want):
             torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
     one_tile = next(c for c in short_forward_configs(W, C) if c.split)
     y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, one_tile)
-    torch.testing.assert_close(y.double(), gspn2d(*ins[:3], u=ins[3], backend="reference"), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(hs, h, rtol=1e-5, atol=1e-5)
 
 
@@ -182,20 +186,14 @@ def test_inside_group_backward_sweep_set():
     import torch
 
     from cgspn.bench.op import inside_group_backward_configs
-    from cgspn.ops import gspn2d
     from cgspn.ops.gspn import triton_backend as TB
 
     assert inside_group_backward_configs(14, 768, 1) == [] and inside_group_backward_configs(14, 96, 12) == []
     cfgs = inside_group_backward_configs(14, 768, 48)
     assert cfgs and all(c.split == 0 and c.block_l == 16 and 48 % c.block_c == 0 for c in cfgs)
     assert {(c.joined, c.asm_dz, c.prefetch) for c in cfgs} == {(j, a, p) for j in (0, 1) for a in (0, 1) for p in (0, 1)}
-    B, H, W, C, G = 1, 5, 7, 32, 2
-    g = torch.Generator().manual_seed(6)
-    mk = lambda *s: torch.randn(*s, generator=g)
-    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
-    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
-    want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
-    h = gspn2d(x, lam, z, backend="reference")
+    W, C, G = 7, 32, 2
+    (x, lam, z, u, dy), _, want, h = _reference_case(1, 5, W, C, G, seed=6)
     cfg = next(c for c in inside_group_backward_configs(W, C, C // G) if c.block_c == 16 and not c.joined and c.asm_dz)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, cfg)
     for a, b in zip(got, want):
