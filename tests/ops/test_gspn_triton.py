@@ -470,7 +470,7 @@ def test_dispatch_gives_valid_launches_on_any_shape():
                         cfgs = [TB.gspn2d_forward_config(B, L, max(1, L // 2), C, G, itemsize)]
                         bwd, mode = TB.backward_config(L, C, GS, B=B, itemsize=itemsize)
                         cfgs.append(bwd)
-                        general, _ = TB.backward_config(L, C, 1, B=B, itemsize=itemsize, split=False)
+                        general, _ = TB.backward_config(L, C, 1, B=B, itemsize=itemsize, allow_split=False)
                         assert general.split == 0
                         cfgs.append(general)
                         for cfg in cfgs:

@@ -322,8 +322,8 @@ def asmdz_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
 
     base, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize)
     grid = [base] + wide_scratch_backward_configs(L, C)
-    inside = TB._inside_or_whole_groups(GS, 16)
-    if not base.split and GS > 1 and not TB._reduces_in_block(GS, base.block_c) and TB._reduces_in_block(GS, inside):
+    inside = None if base.split else TB._narrowed_inside_group(GS, base.block_c)
+    if inside is not None:
         grid += [LaunchConfig(_next_pow2(L), inside, w, pf, 1, True) for w in (1, 2, 4) for pf in (0, 1)
                  if _next_pow2(L) * inside >= 32 * w]
     out: list[Any] = []
@@ -387,7 +387,7 @@ def short_backward_configs(L: int, C: int, GS: int = 1, B: int = 32, itemsize: i
         return []
     k = max(16, _next_pow2(L))
     cmax = _next_pow2(C)
-    general, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize, split=False)  # the kernel it replaces
+    general, _ = TB.backward_config(L, C, GS, B=B, itemsize=itemsize, allow_split=False)  # the kernel it replaces
     return [general] + [LaunchConfig(k, bc, w, pf, 1, False, 1, True, asm_dz=True)
                         for bc in sorted({min(cmax, b) for b in (8, 16, 32, 64, 128)}) for w in (1, 2, 4, 8)
                         if 2 * 32 * w <= k * bc <= 8 * 32 * w for pf in (0, 1)]

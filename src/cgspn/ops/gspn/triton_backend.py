@@ -227,21 +227,19 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     if scratch is not None and (enough or (GS == 1 and itemsize <= 2)):
         return scratch
     general = forward_config(L, C, B=B, shared=GS >= 8)
-    if L <= 32 and GS > 1 and _z_tile_width(GS, general.block_c) == general.block_c:
-        inside = _inside_or_whole_groups(GS, 16)
-        if _reduces_in_block(GS, inside) and inside < general.block_c:
-            # one warp, the prefetch 2 steps ahead
-            return LaunchConfig(general.block_l, inside, 1, 2)
+    inside = _narrowed_inside_group(GS, general.block_c) if L <= 32 else None
+    if inside is not None:  # one warp, the prefetch 2 steps ahead
+        return LaunchConfig(general.block_l, inside, 1, 2)
     return general
 
 
 def backward_config(
     L: int, C: int, GS: int, override: LaunchConfig | None = None, *, B: int = 32, itemsize: int = 2,
-    split: bool = True,
+    allow_split: bool = True,
 ) -> tuple[LaunchConfig, int]:
     """Pick the backward tile and the gate-gradient reduction mode (see ``gspn_bwd_kernel``).
 
-    ``split=False``: only the general kernel's tiles (one block holds the whole line), for callers
+    ``allow_split=False``: only the general kernel's tiles (one block holds the whole line), for callers
     that launch ``gspn_bwd_kernel`` itself (line_scan).
 
     Modes: 0 = one gate per channel; 1 = power-of-two groups summed inside a channel block;
@@ -255,7 +253,7 @@ def backward_config(
     1.44 / 1.24 ms for mode 2 (kernel alone 0.83 / 0.59 ms).
     """
     tiled = None
-    if override is None and split:
+    if override is None and allow_split:
         tiled = scratch_backward_config(B, L, C, itemsize, GS) or one_tile_backward_config(B, L, C, itemsize, GS)
     if override is not None:
         cfg = override
@@ -276,8 +274,8 @@ def backward_config(
         # and on long lines with per-channel gates when there are programs enough to hide latency
         joined = not ((bl <= 32 and GS % bc == 0) or (GS == 1 and bl >= 128 and _enough_programs(B, C, bc)))
         cfg = LaunchConfig(bl, bc, warps, 1, 1, joined)
-        inside = _inside_or_whole_groups(GS, 16)
-        if GS > 1 and not _reduces_in_block(GS, bc) and _reduces_in_block(GS, inside):
+        inside = _narrowed_inside_group(GS, bc)
+        if inside is not None:
             cfg = LaunchConfig(bl, inside, max(1, min(16, bl * inside // 256)), 1, 1, True)
     if GS == 1:
         return cfg, 0
@@ -385,6 +383,17 @@ def _reduces_in_block(GS: int, bc: int) -> bool:
     return GS % bc == 0 or (GS & (GS - 1) == 0 and bc % GS == 0)
 
 
+def _narrowed_inside_group(GS: int, bc: int) -> int | None:
+    """For gate groups of GS channels that a block of bc channels neither lies inside nor holds
+    whole (its gate gradients / normalisation would be per channel): the widest power-of-two block
+    of 8-16 channels inside one group (see :func:`_inside_or_whole_groups`); None when the block
+    already reduces in place (or gates are per channel) or no such narrower block exists."""
+    if GS <= 1 or _reduces_in_block(GS, bc):
+        return None
+    inside = _inside_or_whole_groups(GS, 16)
+    return inside if _reduces_in_block(GS, inside) else None
+
+
 def _inside_or_whole_groups(GS: int, bc: int) -> int:
     """The widest power-of-two channel block <= bc that lies inside one gate group of GS channels or
     holds whole power-of-two groups (so the gate gradients reduce inside the block: modes 1 and 3);
@@ -431,7 +440,9 @@ def _fast_math(t: torch.Tensor) -> bool:
 
 def _check_covers(cfg: LaunchConfig, L: int, op: str = "gspn2d") -> None:
     """A config's tiles (R split tiles of block_l rows, or one block of block_l rows for the
-    general kernels) must hold the longest line, L positions."""
+    general kernels) must hold the longest line, L positions; line_scan runs general kernels only."""
+    if cfg.split and op == "line_scan":
+        raise ValueError(f"line_scan (triton): the split-line kernels run only under gspn2d, got {cfg}")
     rows = max(1, cfg.split) * cfg.block_l
     if rows < L:
         what = f"split={cfg.split}, block_l={cfg.block_l}" if cfg.split else f"block_l={cfg.block_l}"
@@ -639,15 +650,14 @@ def gspn2d_bwd_launch(
     meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
         ZW=_z_tile_width(GS, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
-        **_register_cap(cfg, x),
+        DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), **_register_cap(cfg, x),
     )
     if cfg.split:
         kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence)
-        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l, DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)))
+        meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_bwd_kernel
-        meta.update(NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l,
-                    DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)))
+        meta.update(NUM_STAGES=cfg.num_stages, JOINED=cfg.joined, PREFETCH=cfg.prefetch, BLOCK_L=cfg.block_l)
 
     def grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         dx = dxd.sum(dim=3, dtype=torch.float32).to(x.dtype)
@@ -692,8 +702,6 @@ def line_scan_fwd_triton(
     if y.numel() == 0:
         return y
     cfg = forward_config(H, C, config, B=N)
-    if cfg.split:
-        raise ValueError(f"line_scan (triton): the split-line kernels run only under gspn2d, got {cfg}")
     _check_covers(cfg, H, "line_scan")
     ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
     sn, sc, sh, sw = x.stride()
@@ -723,9 +731,7 @@ def line_scan_bwd_triton(
     dg = torch.empty((3,) + tuple(x.shape), dtype=g1.dtype, device=x.device)
     if dx.numel() == 0:
         return dx.zero_(), dlam.zero_(), dg.zero_()
-    cfg, _ = backward_config(H, C, 1, config, B=N, itemsize=x.element_size(), split=False)
-    if cfg.split:
-        raise ValueError(f"line_scan (triton): the split-line kernels run only under gspn2d, got {cfg}")
+    cfg, _ = backward_config(H, C, 1, config, B=N, itemsize=x.element_size(), allow_split=False)
     _check_covers(cfg, H, "line_scan")
     ncb, ck, nchunk, grid = _grid(N, 1, C, cfg.block_c, W, chunk)
     sn, sc, sh, sw = x.stride()
