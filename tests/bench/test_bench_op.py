@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cgspn.bench.op import SWEEP_AGREEMENT, sweep_configs
+from cgspn.bench.op import SWEEP_AGREEMENT, SWEEP_SET_DOCS, SWEEP_SETS, sweep_configs
 from cgspn.cli import main
 from cgspn.ops import available_backends
 
@@ -198,3 +198,7 @@ def test_inside_group_backward_sweep_set():
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None, cfg)
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_every_sweep_set_has_its_help_line():
+    assert SWEEP_SET_DOCS.keys() == SWEEP_SETS.keys()

@@ -46,16 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
     p.add_argument("--sweep-set", default="all", choices=["all", *SWEEP_SETS],
-                   help="configs --sweep times: all; the heuristic's plus the scratch-exchange split kernels'; or (forward, "
-                        "for B = 1) the heuristic's plus the shuffle and small-batch scratch split kernels'; or (forward) the heuristic's "
-                        "plus the split kernels with Triton-pipelined loads; or (forward) the heuristic's plus the scratch split kernels with "
-                        "wide channel blocks and 8-16 warps; or the heuristic's with and without a barrier after each step's loads, plus the "
-                        "wide (B >= 8) or small-batch (B < 8) scratch configs with it, forward and backward; or the heuristic's plus scratch "
-                        "configs of 4-8 warps whose registers are capped so that 2-4 programs share an SM; or (backward) the heuristic's "
-                        "and the wide configs (and, for groups that do not tile a block, blocks inside one group) with the gate-group "
-                        "gradients stored in their own layout; or (lines <= 32) "
-                        "the heuristic's, the general kernel's and one-tile split configs; or (backward) the heuristic's and general "
-                        "blocks inside one gate group (default: %(default)s)")
+                   help="configs --sweep times: all (around the heuristic's), or the heuristic's plus one set: "
+                        + "; ".join(f"{name}: {doc}" for name, doc in SWEEP_SET_DOCS.items()) + " (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="--sweep: compile the swept kernels first in this many worker processes (Triton's disk cache "
@@ -450,6 +442,18 @@ _none = lambda *_: []
 # --sweep-set NAME (other than "all"): (forward configs (L, C, B, itemsize, G), backward configs
 # (L, C, B, itemsize, GS)), each timed after the heuristic's own config; sets without a backward of
 # their own sweep the scratch backward
+# one line each for --help (the builders' docstrings say more)
+SWEEP_SET_DOCS = {
+    "scratch": "scratch-exchange split kernels around the heuristic's tile",
+    "latency": "(forward, small batches) shuffle and small-batch scratch split kernels",
+    "pipelined": "(forward) split kernels with Triton-pipelined loads",
+    "wide": "scratch split kernels with wide channel blocks and 8-16 warps",
+    "fence": "a barrier after each step's loads, on the heuristic's and the wide (B >= 8) or small-batch scratch configs",
+    "regcap": "scratch configs of 4-8 warps with registers capped so that 2-4 programs share an SM",
+    "asmdz": "(backward) the wide configs and blocks inside one gate group, gate-group gradients stored in their own layout",
+    "short": "(lines <= 32) the general kernel's and one-tile split configs",
+    "inside": "(backward) general blocks inside one gate group",
+}
 SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
     "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
     "latency": (lambda L, C, B, it, G: latency_configs(L, C, it), _scratch_bwd),
