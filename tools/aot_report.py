@@ -20,7 +20,7 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
 the most frequent opcodes, and where in the loop the global loads, stores and barriers sit (ptxas
 may schedule a prefetch's loads after the step's math; docs/design.md, fifth session).
 
-``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz]]]].
+``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict]]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
 you want to see (the H200 has 3.6; pip may bring a newer one here).
 """
@@ -134,9 +134,9 @@ def compile_report(launch: Any, arch: int = 90, sass: bool = False) -> dict[str,
     ttgir, ptx = k.asm["ttgir"], k.asm["ptx"]
     loop = ttgir[ttgir.find("scf.for"):] if "scf.for" in ttgir else ""
     loads: dict[str, int] = {}
-    for m in re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx):
+    for m in re.findall(r"ld\.global(?:\.[A-Za-z0-9_:]+)*", ptx):
         loads[m] = loads.get(m, 0) + 1
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"cache_policies": len(re.findall(r"createpolicy", ptx))}
     if sass:
         extra = sass_loop(k.asm["cubin"])
         name = getattr(launch.kernel, "__name__", "")
@@ -166,9 +166,9 @@ def _config(text: str | None):
     if not text:
         return None
     v = [int(t) for t in text.split(",")]
-    if len(v) not in (7, 8, 9, 10, 11):
-        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz]]]] (7-11 integers)")
-    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:11]))
+    if len(v) not in range(7, 13):
+        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict]]]]] (7-12 integers)")
+    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:12]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,5 +200,29 @@ def test_inside_group_backward_sweep_set():
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
 
 
+def test_evict_sweep_set():
+    """`--sweep-set evict`: the heuristic's forward and backward configs with the eviction hints;
+    the split (L = 9) and general (L = 5) kernels that take them give the reference's results
+    (the interpreter ignores the hints; tests/ops/test_gspn_gpu.py checks them compiled)."""
+    import dataclasses
+
+    import torch
+
+    from cgspn.bench.op import evict_backward_configs, evict_configs
+    from cgspn.ops.gspn import triton_backend as TB
+
+    for L, C, G, it in ((147, 64, 16, 2), (74, 64, 1, 4), (14, 768, 16, 2)):
+        (f,), (b,) = evict_configs(L, C, 32, it, G), evict_backward_configs(L, C, 32, it, C // G)
+        assert f == dataclasses.replace(TB.gspn2d_forward_config(32, L, L, C, G, it), evict=True)
+        assert b == dataclasses.replace(TB.backward_config(L, C, C // G, B=32, itemsize=it)[0], evict=True)
+    split = TB.LaunchConfig(4, 8, 1, 1, 1, False, 3, True, evict=True)
+    for L, f, b in ((9, split, split), (5, *evict_configs(5, 16, 1, 4, 2), *evict_backward_configs(5, 16, 1, 4, 8))):
+        (x, lam, z, u, dy), want_y, want, h = _reference_case(1, L, L, 16, 2, seed=8)
+        y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, f)
+        torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+        for a, w in zip(TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, b), want):
+            torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=1e-5)
+
+
 def test_every_sweep_set_has_its_help_line():
     assert SWEEP_SET_DOCS.keys() == SWEEP_SETS.keys()

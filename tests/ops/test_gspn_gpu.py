@@ -200,3 +200,31 @@ def test_general_backward_gate_group_stores(C, G, cfg, asm_dz):
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], backend="reference"), ins, dy.double())
     for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
         assert_close(name, a, b, 1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("L,G", [(74, 1), (74, 64), (14, 16)], ids=["L74-G1", "L74-G64", "L14-G16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_eviction_hints(L, G, dtype):
+    """The dispatch's forward and backward configs with cache eviction hints
+    (``LaunchConfig.evict``: split kernels at 74, general ones at 14): y, h and every gradient
+    against the float64 reference."""
+    import dataclasses
+
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, C = 2, 64
+    g = torch.Generator(device="cuda").manual_seed(11)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
+    x, lam, z, u, dy = mk(B, L, L, C), torch.rand(B, L, L, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, L, L, 4, 3, G), mk(B, L, L, 4, C), mk(B, L, L, 4, C)
+    fwd = dataclasses.replace(TB.gspn2d_forward_config(32, L, L, C, G, dtype.itemsize), evict=True)
+    bwd = dataclasses.replace(TB.backward_config(L, C, C // G, B=32, itemsize=dtype.itemsize)[0], evict=True)
+    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, fwd)
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, bwd)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    yr = gspn2d(*ins[:3], u=ins[3], backend="reference")
+    want = torch.autograd.grad(yr, ins, dy.double())
+    ratio = RATIO[dtype]
+    assert_close("y", y, yr.detach(), ratio, atol=1e-5)
+    floor = ratio * want[1].abs().max().item()
+    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+        assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))

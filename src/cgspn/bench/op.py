@@ -18,6 +18,7 @@ against the heuristic's outputs first, and reports the best.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from typing import Any, Callable
 
@@ -437,6 +438,22 @@ def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS:
             for own in ((False, True) if GS > 1 else (False,)) for pf in (0, 1)]
 
 
+def evict_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
+    """The forward heuristic's config (square L x L grid) with the cache eviction hints
+    (``LaunchConfig.evict``: x kept in L2 between its four directions' reads, the streamed
+    tensors evicted first)."""
+    from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
+
+    return [dataclasses.replace(gspn2d_forward_config(B, L, L, C, G, itemsize), evict=True)]
+
+
+def evict_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> list[Any]:
+    """The backward heuristic's config with the cache eviction hints (:func:`evict_configs`)."""
+    from cgspn.ops.gspn.triton_backend import backward_config
+
+    return [dataclasses.replace(backward_config(L, C, GS, B=B, itemsize=itemsize)[0], evict=True)]
+
+
 _scratch_bwd = lambda L, C, B, it, GS: scratch_backward_configs(L, C, B, it, GS)
 _none = lambda *_: []
 # --sweep-set NAME (other than "all"): (forward configs (L, C, B, itemsize, G), backward configs
@@ -453,6 +470,7 @@ SWEEP_SET_DOCS = {
     "asmdz": "(backward) the wide configs and blocks inside one gate group, gate-group gradients stored in their own layout",
     "short": "(lines <= 32) the general kernel's and one-tile split configs",
     "inside": "(backward) general blocks inside one gate group",
+    "evict": "the heuristic's configs with cache eviction hints (x kept in L2, streamed tensors evicted first)",
 }
 SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
     "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
@@ -464,6 +482,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "asmdz": (_none, lambda L, C, B, it, GS: asmdz_backward_configs(L, C, GS, B, it)),
     "short": (lambda L, C, B, it, G: short_forward_configs(L, C), lambda L, C, B, it, GS: short_backward_configs(L, C, GS, B, it)),
     "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
+    "evict": (evict_configs, evict_backward_configs),
 }
 
 

@@ -59,7 +59,10 @@ class LaunchConfig:
         (measured never faster, fifth session; a sweep option);
     asm_dz: backward with gate groups (modes 1 and 3) on CUDA: the gate gradients are stored by
         inline PTX in the layout of their channel reduction, which avoids a layout conversion
-        (shared memory, two barriers) per gate and tile (``triton_kernels._store_in_layout``).
+        (shared memory, two barriers) per gate and tile (``triton_kernels._store_in_layout``);
+    evict: gspn2d: cache eviction hints: x, which all four directions read (at different steps),
+        ``evict_last``; the tensors each program streams once (lam, u, the logits, dy and the
+        outputs) ``evict_first``, so that the L2 keeps x between its four reads.
     """
 
     block_l: int
@@ -73,6 +76,7 @@ class LaunchConfig:
     fence: bool = False
     maxnreg: int = 0
     asm_dz: bool = False
+    evict: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -507,6 +511,11 @@ class KernelLaunch:
         return self.kernel[self.grid](*self.args, **self.meta)
 
 
+def _eviction(cfg: LaunchConfig) -> dict[str, str]:
+    """The kernels' eviction-policy constexprs for ``cfg.evict`` (x kept, the streamed tensors first out)."""
+    return {"EVX": "evict_last", "EVS": "evict_first"} if cfg.evict else {}
+
+
 def _register_cap(cfg: LaunchConfig, x: torch.Tensor) -> dict[str, int]:
     """``maxnreg`` for the launch when the config caps the registers (a CUDA compile option: not
     passed to the interpreter, which compiles nothing)."""
@@ -571,7 +580,7 @@ def gspn2d_fwd_launch(
     meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, SAVE_H=hs is not None, LAM_SIG=lam_logits,
         ZW=_z_tile_width(C // G, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
-        **_register_cap(cfg, x),
+        **_register_cap(cfg, x), **_eviction(cfg),
     )
     if cfg.split:
         kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch, cfg.prefetch if cfg.scratch else 1, cfg.fence)
@@ -650,7 +659,7 @@ def gspn2d_bwd_launch(
     meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
         ZW=_z_tile_width(GS, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
-        DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), **_register_cap(cfg, x),
+        DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), **_register_cap(cfg, x), **_eviction(cfg),
     )
     if cfg.split:
         kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence)

@@ -241,15 +241,16 @@ def _tile(X, b, d, cb, is_col, rev, L, start, n, C, GS,
 
 @triton.jit
 def _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan, z_scan, pos, mask, zmask,
-               HAS_U: tl.constexpr):
-    """Load the inputs of the line at scan position ``pos`` (x, lam, the three logits, u)."""
-    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
-    lv = tl.load(LAM + l_off + pos * l_scan, mask=mask, other=0.0)
-    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0)
-    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0)
-    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0)
+               HAS_U: tl.constexpr, EVX: tl.constexpr = "", EVS: tl.constexpr = ""):
+    """Load the inputs of the line at scan position ``pos`` (x, lam, the three logits, u).
+    EVX / EVS: eviction policies of x (read by all four directions) and of the streamed inputs."""
+    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0, eviction_policy=EVX)
+    lv = tl.load(LAM + l_off + pos * l_scan, mask=mask, other=0.0, eviction_policy=EVS)
+    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0, eviction_policy=EVS)
+    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0, eviction_policy=EVS)
+    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0, eviction_policy=EVS)
     if HAS_U:
-        uv = tl.load(U + l_off + pos * l_scan, mask=mask, other=0.0)
+        uv = tl.load(U + l_off + pos * l_scan, mask=mask, other=0.0, eviction_policy=EVS)
     else:
         uv = lv
     return xv, lv, z1, z2, z3, uv
@@ -266,6 +267,7 @@ def gspn_fwd_kernel(
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr, LAM_SIG: tl.constexpr,
     PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr, ZW: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr = False,
+    EVX: tl.constexpr = "", EVS: tl.constexpr = "",
 ):
     """Forward scan. x: X[b, r, c, ch]; lam/u: LAM[b, r, c, d, ch] (strides sl*); outputs Y/HS
     (strides sp*); logits Zk[b, r, c, d, g]. Inputs may be strided views (e.g. slices of one GEMM).
@@ -290,20 +292,20 @@ def gspn_fwd_kernel(
     h = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     if PREFETCH >= 1:
         xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan, z_scan,
-                                            first, mask, zmask, HAS_U)
+                                            first, mask, zmask, HAS_U, EVX, EVS)
     if PREFETCH >= 2:
         ok1 = n > 1
         xv1, lv1, z11, z21, z31, uv1 = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan,
-                                                  z_scan, first + step, mask & ok1, zmask & ok1, HAS_U)
+                                                  z_scan, first + step, mask & ok1, zmask & ok1, HAS_U, EVX, EVS)
     for t in tl.range(0, n, num_stages=NUM_STAGES):
         pos = first + step * t
         if PREFETCH == 0:
             xv, lv, z1, z2, z3, uv = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan,
-                                                z_scan, pos, mask, zmask, HAS_U)
+                                                z_scan, pos, mask, zmask, HAS_U, EVX, EVS)
         else:
             okn = (t + PREFETCH) < n
             xn, ln, z1n, z2n, z3n, un = _load_step(X, LAM, Z1, Z2, Z3, U, x_base, l_off, z_off, x_scan, l_scan,
-                                                   z_scan, pos + PREFETCH * step, mask & okn, zmask & okn, HAS_U)
+                                                   z_scan, pos + PREFETCH * step, mask & okn, zmask & okn, HAS_U, EVX, EVS)
         g1, g2, g3, _s1, _s2, _s3, _inv = _gates(
             z1.to(tl.float32), z2.to(tl.float32), z3.to(tl.float32), has_prev, has_next, row_ok, NORM, FAST
         )
@@ -317,9 +319,9 @@ def gspn_fwd_kernel(
         out = h
         if HAS_U:
             out = h * uv.to(tl.float32)
-        tl.store(Y + p_off + pos * p_scan, out.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Y + p_off + pos * p_scan, out.to(Y.dtype.element_ty), mask=mask, eviction_policy=EVS)
         if SAVE_H:
-            tl.store(HS + p_off + pos * p_scan, h.to(HS.dtype.element_ty), mask=mask)
+            tl.store(HS + p_off + pos * p_scan, h.to(HS.dtype.element_ty), mask=mask, eviction_policy=EVS)
         if PREFETCH == 1:
             xv, lv, z1, z2, z3, uv = xn, ln, z1n, z2n, z3n, un
         if PREFETCH == 2:
@@ -329,17 +331,19 @@ def gspn_fwd_kernel(
 
 @triton.jit
 def _load_bwd_step(X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan,
-                   p_line, pos, posp, mask, zmask, mp, mp_up, mp_dn, HAS_U: tl.constexpr):
+                   p_line, pos, posp, mask, zmask, mp, mp_up, mp_dn, HAS_U: tl.constexpr,
+                   EVX: tl.constexpr = "", EVS: tl.constexpr = ""):
     """Backward inputs of scan position ``pos``; h of the previous traversal step ``posp`` and its
-    line neighbours (read from memory, so no register shift is needed for them)."""
-    dy = tl.load(DY + p_off + pos * p_scan, mask=mask, other=0.0)
-    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0)
-    lv = tl.load(LAM + l_off + pos * l_scan, mask=mask, other=0.0)
-    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0)
-    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0)
-    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0)
+    line neighbours (read from memory, so no register shift is needed for them). EVX / EVS as in
+    :func:`_load_step` (h keeps the default: its three reads of a step share cache lines)."""
+    dy = tl.load(DY + p_off + pos * p_scan, mask=mask, other=0.0, eviction_policy=EVS)
+    xv = tl.load(x_base + pos * x_scan, mask=mask, other=0.0, eviction_policy=EVX)
+    lv = tl.load(LAM + l_off + pos * l_scan, mask=mask, other=0.0, eviction_policy=EVS)
+    z1 = tl.load(Z1 + z_off + pos * z_scan, mask=zmask, other=0.0, eviction_policy=EVS)
+    z2 = tl.load(Z2 + z_off + pos * z_scan, mask=zmask, other=0.0, eviction_policy=EVS)
+    z3 = tl.load(Z3 + z_off + pos * z_scan, mask=zmask, other=0.0, eviction_policy=EVS)
     if HAS_U:
-        uv = tl.load(U + l_off + pos * l_scan, mask=mask, other=0.0)
+        uv = tl.load(U + l_off + pos * l_scan, mask=mask, other=0.0, eviction_policy=EVS)
     else:
         uv = dy
     hp = tl.load(HS + p_off + posp * p_scan, mask=mp, other=0.0)
@@ -361,7 +365,7 @@ def gspn_bwd_kernel(
     NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr,
     GROUP_MODE: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
     PREFETCH: tl.constexpr, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
-    FAST: tl.constexpr = False, DZ_ASM: tl.constexpr = False,
+    FAST: tl.constexpr = False, DZ_ASM: tl.constexpr = False, EVX: tl.constexpr = "", EVS: tl.constexpr = "",
 ):
     """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
     tensors). Writes DXD (per-direction lam*dh, x's grad before the sum over directions), DLAM,
@@ -398,7 +402,7 @@ def gspn_bwd_kernel(
         okp = n > 1
         dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = _load_bwd_step(
             X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan, p_line,
-            last, last - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U)
+            last, last - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U, EVX, EVS)
     for it in tl.range(0, n, num_stages=NUM_STAGES):
         t = n - 1 - it
         pos = first + step * t
@@ -406,19 +410,19 @@ def gspn_bwd_kernel(
             okp = t > 0
             dy, xv, lv, z1, z2, z3, uv, hp, hp_up, hp_dn = _load_bwd_step(
                 X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan, p_line,
-                pos, pos - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U)
+                pos, pos - step, mask, zmask, mask & okp, mask_up & okp, mask_dn & okp, HAS_U, EVX, EVS)
         else:
             okn = t > 0  # step t-1 exists
             okpn = t > 1  # and has a predecessor
             dyn, xn, ln, z1n, z2n, z3n, un, hpn, hpun, hpdn = _load_bwd_step(
                 X, LAM, Z1, Z2, Z3, U, HS, DY, x_base, p_off, l_off, z_off, x_scan, p_scan, l_scan, z_scan, p_line,
                 pos - step, pos - 2 * step, mask & okn, zmask & okn, mask & okpn, mask_up & okpn, mask_dn & okpn,
-                HAS_U)
+                HAS_U, EVX, EVS)
         dyf = dy.to(tl.float32)
         hvf = hv.to(tl.float32)
         if HAS_U:
             dyh = dyf * uv.to(tl.float32)
-            tl.store(DU + p_off + pos * p_scan, (dyf * hvf).to(DU.dtype.element_ty), mask=mask)
+            tl.store(DU + p_off + pos * p_scan, (dyf * hvf).to(DU.dtype.element_ty), mask=mask, eviction_policy=EVS)
         else:
             dyh = dyf
         q3_up, q1_dn = _shift_pair(q3, q1, idx, BLOCK_L, BLOCK_C, JOINED)
@@ -431,8 +435,8 @@ def gspn_bwd_kernel(
         dlamv = xv.to(tl.float32) * dh
         if LAM_SIG:  # gradient w.r.t. the logit
             dlamv = dlamv * lamv * (1.0 - lamv)
-        tl.store(DLAM + p_off + pos * p_scan, dlamv.to(DLAM.dtype.element_ty), mask=mask)
-        tl.store(DXD + p_off + pos * p_scan, (lamv * dh).to(DXD.dtype.element_ty), mask=mask)
+        tl.store(DLAM + p_off + pos * p_scan, dlamv.to(DLAM.dtype.element_ty), mask=mask, eviction_policy=EVS)
+        tl.store(DXD + p_off + pos * p_scan, (lamv * dh).to(DXD.dtype.element_ty), mask=mask, eviction_policy=EVS)
         # gate grads summed over each group first: gates are shared, so the normalisation's
         # Jacobian is applied once per group (ZW logits per line position)
         dg1 = _group_sum(dh * hp_up.to(tl.float32), ZW, BLOCK_L, BLOCK_C)

@@ -52,7 +52,8 @@ _SIGNATURE = (
     "X, LAM, Z1, Z2, Z3, U, Y, HS, H, W, C, GS, CHUNK, NCHUNK, NCB, "
     "sxb, sxr, sxc, sxch, spb, spr, spc, spd, spch, slb, slr, slc, sld, slch, szb, szr, szc, szd, szg, "
     "NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, SAVE_H: tl.constexpr, LAM_SIG: tl.constexpr, "
-    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr"
+    "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr, "
+    "EVX: tl.constexpr = '', EVS: tl.constexpr = ''"
 )
 
 
@@ -144,12 +145,12 @@ def _input_loads(a, ind: str, pos: str, sfx: str, tiles: range, no_u: str, pre: 
     for r in tiles:
         if pre:
             a(pre.format(ind=ind, sfx=sfx, r=r))
-        a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r})")
-        a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r})")
+        a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r}, eviction_policy=EVX)")
+        a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r}, eviction_policy=EVS)")
         for k in (1, 2, 3):
-            a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r})")
+            a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r}, eviction_policy=EVS)")
         a(f"{ind}if HAS_U:")
-        a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r})")
+        a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r}, eviction_policy=EVS)")
         a(f"{ind}else:")
         a(f"{ind}    u{sfx}{r} = {no_u.format(sfx=sfx, r=r)}")
         if post:
@@ -244,11 +245,11 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     for r in tiles:
         a(f"        h{r} = tl.where(m{r}, nh{r}, 0.0)")
         a("        if HAS_U:")
-        a(f"            tl.store(ys + po{r}, (h{r} * uc{r}.to(tl.float32)).to(Y.dtype.element_ty), mask=m{r})")
+        a(f"            tl.store(ys + po{r}, (h{r} * uc{r}.to(tl.float32)).to(Y.dtype.element_ty), mask=m{r}, eviction_policy=EVS)")
         a("        else:")
-        a(f"            tl.store(ys + po{r}, h{r}.to(Y.dtype.element_ty), mask=m{r})")
+        a(f"            tl.store(ys + po{r}, h{r}.to(Y.dtype.element_ty), mask=m{r}, eviction_policy=EVS)")
         a("        if SAVE_H:")
-        a(f"            tl.store(hs + po{r}, h{r}.to(HS.dtype.element_ty), mask=m{r})")
+        a(f"            tl.store(hs + po{r}, h{r}.to(HS.dtype.element_ty), mask=m{r}, eviction_policy=EVS)")
     if scratch:
         a("        cur = sb + (t % 2) * (2 * KC)")
         a(f"        tl.store(cur + so, h{R - 1})")
@@ -298,7 +299,7 @@ _BWD_SIGNATURE = (
     "sdb, sdr, sdc, sdd, sdk, sdg, "
     "NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr, GROUP_MODE: tl.constexpr, "
     "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr, "
-    "DZ_ASM: tl.constexpr = False"
+    "DZ_ASM: tl.constexpr = False, EVX: tl.constexpr = '', EVS: tl.constexpr = ''"
 )
 
 
@@ -360,7 +361,8 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
         a(f"{ind}dys = DY + pb + pos_{sfx} * p_scan")
         a(f"{ind}hps = HS + pb + posp_{sfx} * p_scan")
         _input_loads(a, ind, f"pos_{sfx}", sfx, tiles, "dy{sfx}{r}",
-                     pre="{ind}dy{sfx}{r} = tl.load(dys + pl{r})", post="{ind}hq{sfx}{r} = tl.load(hps + pl{r})")
+                     pre="{ind}dy{sfx}{r} = tl.load(dys + pl{r}, eviction_policy=EVS)",
+                     post="{ind}hq{sfx}{r} = tl.load(hps + pl{r})")
         a(f"{ind}hqu{sfx} = tl.load(hps + pu0)")
         a(f"{ind}hqd{sfx} = tl.load(hps + pd{R - 1})")
 
@@ -402,7 +404,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
         a(f"        dyf = dyc{r}.to(tl.float32)")
         a("        if HAS_U:")
         a(f"            dyh = dyf * uc{r}.to(tl.float32)")
-        a(f"            tl.store(DU + ps + po{r}, (dyf * hv{r}).to(DU.dtype.element_ty), mask=m{r})")
+        a(f"            tl.store(DU + ps + po{r}, (dyf * hv{r}).to(DU.dtype.element_ty), mask=m{r}, eviction_policy=EVS)")
         a("        else:")
         a("            dyh = dyf")
         a(f"        dh = tl.where(m{r}, dyh + {q3u} + q2_{r} + {q1d}, 0.0)")
@@ -412,8 +414,8 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
         a(f"        dlamv = xc{r}.to(tl.float32) * dh")
         a("        if LAM_SIG:")
         a("            dlamv = dlamv * lamv * (1.0 - lamv)")
-        a(f"        tl.store(DLAM + ps + po{r}, dlamv.to(DLAM.dtype.element_ty), mask=m{r})")
-        a(f"        tl.store(DXD + ps + po{r}, (lamv * dh).to(DXD.dtype.element_ty), mask=m{r})")
+        a(f"        tl.store(DLAM + ps + po{r}, dlamv.to(DLAM.dtype.element_ty), mask=m{r}, eviction_policy=EVS)")
+        a(f"        tl.store(DXD + ps + po{r}, (lamv * dh).to(DXD.dtype.element_ty), mask=m{r}, eviction_policy=EVS)")
         a(f"        dg1 = _group_sum(dh * {hu}, ZW, BLOCK_K, BLOCK_C)")
         a(f"        dg2 = _group_sum(dh * hpv{r}, ZW, BLOCK_K, BLOCK_C)")
         a(f"        dg3 = _group_sum(dh * {hd}, ZW, BLOCK_K, BLOCK_C)")
