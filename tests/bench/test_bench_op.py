@@ -224,5 +224,27 @@ def test_evict_sweep_set():
             torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=1e-5)
 
 
+def test_tiles_sweep_set():
+    """`--sweep-set tiles`: the heuristic's split configs cut into more, shorter tiles (no more
+    padding, 1-4 elements of a tile per thread); a 10-tile line against the reference."""
+    import torch
+
+    from cgspn.bench.op import _more_tiles, tiles_backward_configs, tiles_configs
+    from cgspn.ops.gspn import triton_backend as TB
+
+    assert tiles_configs(14, 768, 64, 2, 16) == []  # not a split config: nothing to cut
+    cfgs = tiles_configs(147, 64, 32, 2, 1) + tiles_backward_configs(74, 64, 32, 2, 64)
+    assert cfgs and all(c.scratch and c.split >= 7 and c.block_l * c.split in (80, 160) for c in cfgs)
+    assert all(32 * c.num_warps <= c.block_l * c.block_c <= 128 * c.num_warps for c in cfgs)
+    base = TB.LaunchConfig(16, 8, 2, 1, 1, False, 5, True)
+    assert {(c.block_l, c.split) for c in _more_tiles(base, 74, (1, 2))} == {(8, 10)}
+    cfg = TB.LaunchConfig(2, 8, 1, 1, 1, False, 10, True)
+    (x, lam, z, u, dy), want_y, want, h = _reference_case(1, 17, 5, 16, 4, seed=10)
+    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, cfg)
+    torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+    for a, w in zip(TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, cfg), want):
+        torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=1e-5)
+
+
 def test_every_sweep_set_has_its_help_line():
     assert SWEEP_SET_DOCS.keys() == SWEEP_SETS.keys()

@@ -454,6 +454,38 @@ def evict_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> li
     return [dataclasses.replace(backward_config(L, C, GS, B=B, itemsize=itemsize)[0], evict=True)]
 
 
+def _more_tiles(cfg: Any, L: int, warps: tuple[int, ...]) -> list[Any]:
+    """``cfg`` (a scratch split config) with its line cut into more, shorter tiles: rows of 8 / 16 /
+    32 (fewer than ``cfg``'s), 7-12 tiles, no more padding than ``cfg``'s; ``warps`` for each that
+    leave a thread 1-4 elements of a tile. The scratch carries 2 of the R tiles per step (fp32, a
+    store and a load through L2), so R = 10 halves that traffic against R = 5."""
+    if not (cfg.split and cfg.scratch):
+        return []
+    pad = cfg.block_l * cfg.split
+    out = []
+    for k, r in _line_tilings(L, (8, 16, 32), 12):
+        if k < cfg.block_l and r > cfg.split and k * r <= pad:
+            out += [dataclasses.replace(cfg, block_l=k, split=r, num_warps=w) for w in warps
+                    if 32 * w <= k * cfg.block_c <= 4 * 32 * w]
+    return out
+
+
+def tiles_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
+    """The forward heuristic's config (square L x L grid) with more, shorter tiles per line
+    (:func:`_more_tiles`, 8 or 16 warps)."""
+    from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
+
+    return _more_tiles(gspn2d_forward_config(B, L, L, C, G, itemsize), L, (8, 16))
+
+
+def tiles_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> list[Any]:
+    """The backward heuristic's config with more, shorter tiles per line (:func:`_more_tiles`,
+    4-16 warps)."""
+    from cgspn.ops.gspn.triton_backend import backward_config
+
+    return _more_tiles(backward_config(L, C, GS, B=B, itemsize=itemsize)[0], L, (4, 8, 16))
+
+
 _scratch_bwd = lambda L, C, B, it, GS: scratch_backward_configs(L, C, B, it, GS)
 _none = lambda *_: []
 # --sweep-set NAME (other than "all"): (forward configs (L, C, B, itemsize, G), backward configs
@@ -471,6 +503,7 @@ SWEEP_SET_DOCS = {
     "short": "(lines <= 32) the general kernel's and one-tile split configs",
     "inside": "(backward) general blocks inside one gate group",
     "evict": "the heuristic's configs with cache eviction hints (x kept in L2, streamed tensors evicted first)",
+    "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
 }
 SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
     "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
@@ -483,6 +516,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "short": (lambda L, C, B, it, G: short_forward_configs(L, C), lambda L, C, B, it, GS: short_backward_configs(L, C, GS, B, it)),
     "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
     "evict": (evict_configs, evict_backward_configs),
+    "tiles": (tiles_configs, tiles_backward_configs),
 }
 
 
