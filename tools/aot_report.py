@@ -20,7 +20,7 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
 the most frequent opcodes, and where in the loop the global loads, stores and barriers sit (ptxas
 may schedule a prefetch's loads after the step's math; docs/design.md, fifth session).
 
-``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict]]]]].
+``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat]]]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
 you want to see (the H200 has 3.6; pip may bring a newer one here).
 """
@@ -166,9 +166,9 @@ def _config(text: str | None):
     if not text:
         return None
     v = [int(t) for t in text.split(",")]
-    if len(v) not in range(7, 13):
-        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict]]]]] (7-12 integers)")
-    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:12]))
+    if len(v) not in range(7, 14):
+        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat]]]]]] (7-13 integers)")
+    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:13]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -246,5 +246,28 @@ def test_tiles_sweep_set():
         torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=1e-5)
 
 
+def test_flat_sweep_set_and_kernels():
+    """`--sweep-set flat`: the heuristic's split configs with the wrap-around exchange through
+    shared memory (``LaunchConfig.flat``); split kernels of 1, 5 and 10 tiles with it give the
+    reference's outputs and gradients."""
+    import torch
+
+    from cgspn.bench.op import flat_backward_configs, flat_configs
+    from cgspn.ops.gspn import triton_backend as TB
+
+    assert flat_configs(14, 768, 64, 2, 16) == []  # the general kernel: no wrap-around exchange
+    for L, G, it in ((147, 16, 2), (74, 1, 4)):
+        cfgs = flat_configs(L, 64, 32, it, G) + flat_backward_configs(L, 64, 32, it, 64 // G)
+        assert cfgs and all(c.flat and c.split for c in cfgs)
+    for (H, W, G), cfg in (((17, 19, 2), TB.LaunchConfig(4, 8, 1, 1, 1, False, 5, True, flat=True)),
+                           ((9, 7, 16), TB.LaunchConfig(16, 16, 1, 2, 1, False, 1, True, flat=True)),
+                           ((17, 5, 4), TB.LaunchConfig(2, 8, 1, 0, 1, False, 10, True, flat=True))):
+        (x, lam, z, u, dy), want_y, want, h = _reference_case(1, H, W, 16, G, seed=12)
+        y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, cfg)
+        torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+        for a, w in zip(TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, cfg), want):
+            torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=1e-5)
+
+
 def test_every_sweep_set_has_its_help_line():
     assert SWEEP_SET_DOCS.keys() == SWEEP_SETS.keys()

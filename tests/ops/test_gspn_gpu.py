@@ -202,11 +202,14 @@ def test_general_backward_gate_group_stores(C, G, cfg, asm_dz):
         assert_close(name, a, b, 1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("L,G", [(74, 1), (74, 64), (14, 16)], ids=["L74-G1", "L74-G64", "L14-G16"])
+@pytest.mark.parametrize("option,L,G", [("evict", 74, 1), ("evict", 74, 64), ("evict", 14, 16),
+                                        ("flat", 74, 1), ("flat", 74, 64), ("flat", 147, 16), ("flat", 147, 1)],
+                         ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_eviction_hints(L, G, dtype):
-    """The dispatch's forward and backward configs with cache eviction hints
-    (``LaunchConfig.evict``: split kernels at 74, general ones at 14): y, h and every gradient
+def test_launch_options_on_the_dispatch_configs(option, L, G, dtype):
+    """The dispatch's forward and backward configs with one launch option switched on: the cache
+    eviction hints (``LaunchConfig.evict``; split kernels at 74 and 147, general ones at 14) or the
+    wrap-around exchange through shared memory (``LaunchConfig.flat``): y, h and every gradient
     against the float64 reference."""
     import dataclasses
 
@@ -216,8 +219,8 @@ def test_eviction_hints(L, G, dtype):
     g = torch.Generator(device="cuda").manual_seed(11)
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u, dy = mk(B, L, L, C), torch.rand(B, L, L, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, L, L, 4, 3, G), mk(B, L, L, 4, C), mk(B, L, L, 4, C)
-    fwd = dataclasses.replace(TB.gspn2d_forward_config(32, L, L, C, G, dtype.itemsize), evict=True)
-    bwd = dataclasses.replace(TB.backward_config(L, C, C // G, B=32, itemsize=dtype.itemsize)[0], evict=True)
+    fwd = dataclasses.replace(TB.gspn2d_forward_config(32, L, L, C, G, dtype.itemsize), **{option: True})
+    bwd = dataclasses.replace(TB.backward_config(L, C, C // G, B=32, itemsize=dtype.itemsize)[0], **{option: True})
     y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, fwd)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, bwd)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]

@@ -470,6 +470,26 @@ def _more_tiles(cfg: Any, L: int, warps: tuple[int, ...]) -> list[Any]:
     return out
 
 
+def flat_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
+    """The forward heuristic's split config (square L x L grid) with the wrap-around exchange
+    through shared memory instead of the scratch (``LaunchConfig.flat``), and with prefetch 2."""
+    from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
+
+    cfg = gspn2d_forward_config(B, L, L, C, G, itemsize)
+    if not cfg.split:
+        return []
+    return [dataclasses.replace(cfg, flat=True, prefetch=pf) for pf in sorted({cfg.prefetch, 2})]
+
+
+def flat_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> list[Any]:
+    """The backward heuristic's split config with the exchange through shared memory
+    (:func:`flat_configs`), prefetch 0 and 1."""
+    from cgspn.ops.gspn.triton_backend import backward_config
+
+    cfg = backward_config(L, C, GS, B=B, itemsize=itemsize)[0]
+    return [dataclasses.replace(cfg, flat=True, prefetch=pf) for pf in (0, 1)] if cfg.split else []
+
+
 def tiles_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
     """The forward heuristic's config (square L x L grid) with more, shorter tiles per line
     (:func:`_more_tiles`, 8 or 16 warps)."""
@@ -504,6 +524,7 @@ SWEEP_SET_DOCS = {
     "inside": "(backward) general blocks inside one gate group",
     "evict": "the heuristic's configs with cache eviction hints (x kept in L2, streamed tensors evicted first)",
     "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
+    "flat": "the heuristic's split configs with the wrap-around exchange through shared memory (no scratch)",
 }
 SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
     "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
@@ -517,6 +538,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
     "evict": (evict_configs, evict_backward_configs),
     "tiles": (tiles_configs, tiles_backward_configs),
+    "flat": (flat_configs, flat_backward_configs),
 }
 
 

@@ -62,7 +62,9 @@ class LaunchConfig:
         (shared memory, two barriers) per gate and tile (``triton_kernels._store_in_layout``);
     evict: gspn2d: cache eviction hints: x, which all four directions read (at different steps),
         ``evict_last``; the tensors each program streams once (lam, u, the logits, dy and the
-        outputs) ``evict_first``, so that the L2 keeps x between its four reads.
+        outputs) ``evict_first``, so that the L2 keeps x between its four reads;
+    flat: split kernels: the two wrap-around neighbours by a gather of the flattened tile, through
+        shared memory (``triton_kernels._flat_shift_prev``), instead of the scratch or warp shuffles.
     """
 
     block_l: int
@@ -77,6 +79,7 @@ class LaunchConfig:
     maxnreg: int = 0
     asm_dz: bool = False
     evict: bool = False
+    flat: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -571,7 +574,7 @@ def gspn2d_fwd_launch(
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (y, hs if hs is not None else y)
-    if cfg.split and cfg.scratch:
+    if cfg.split and cfg.scratch and not cfg.flat:
         outs += (_exchange_buffer(cfg, grid, x.device),)
     args = (
         x, lam, *zs, u if u is not None else y, *outs,
@@ -583,7 +586,8 @@ def gspn2d_fwd_launch(
         **_register_cap(cfg, x), **_eviction(cfg),
     )
     if cfg.split:
-        kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch, cfg.prefetch if cfg.scratch else 1, cfg.fence)
+        kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch and not cfg.flat,
+                                      cfg.prefetch if (cfg.scratch or cfg.flat) else 1, cfg.fence, cfg.flat)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_fwd_kernel
@@ -650,7 +654,7 @@ def gspn2d_bwd_launch(
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (dxd, dlam, du if du is not None else dlam, dz_buf)
     _check_covers(cfg, max(H, W))
-    if cfg.split:  # the split backward always exchanges through the scratch
+    if cfg.split:  # the split backward's scratch (unused with cfg.flat, but in its signature)
         outs += (_exchange_buffer(cfg, grid, x.device),)
     args = (
         x, lam, *zs, u if u is not None else dy, h, dy, *outs,
@@ -662,7 +666,7 @@ def gspn2d_bwd_launch(
         DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), **_register_cap(cfg, x), **_eviction(cfg),
     )
     if cfg.split:
-        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence)
+        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence, cfg.flat)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_bwd_kernel

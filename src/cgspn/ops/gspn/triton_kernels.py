@@ -66,6 +66,27 @@ def _shift_next(v, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _flat_shift_prev(v, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[i] = v[i-1] (out[0] = 0) along axis 0 of a [BLOCK_L, BLOCK_C] tile, as a gather of the
+    flattened tile: Triton gives a rank-2 gather a warp-local layout of its own (rows on the lanes,
+    which conflicts with the channels-last loads and costs layout conversions), while a rank-1
+    gather keeps the tile's layout and goes through shared memory."""
+    N: tl.constexpr = BLOCK_L * BLOCK_C
+    j = tl.arange(0, N)
+    g = tl.gather(tl.reshape(v, [N]), tl.maximum(j - BLOCK_C, 0), 0)
+    return tl.reshape(tl.where(j >= BLOCK_C, g, 0.0), [BLOCK_L, BLOCK_C])
+
+
+@triton.jit
+def _flat_shift_next(v, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[i] = v[i+1] (out[BLOCK_L-1] = 0) along axis 0, as :func:`_flat_shift_prev`."""
+    N: tl.constexpr = BLOCK_L * BLOCK_C
+    j = tl.arange(0, N)
+    g = tl.gather(tl.reshape(v, [N]), tl.minimum(j + BLOCK_C, N - 1), 0)
+    return tl.reshape(tl.where(j < N - BLOCK_C, g, 0.0), [BLOCK_L, BLOCK_C])
+
+
+@triton.jit
 def _shift_pair(a, b, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, JOINED: tl.constexpr):
     """(a[i-1], b[i+1]) along axis 0 with zeros past the ends; JOINED does both in one gather."""
     if JOINED:

@@ -160,7 +160,8 @@ def _input_loads(a, ind: str, pos: str, sfx: str, tiles: range, no_u: str, pre: 
 _NAMES = (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "szr", "szc"))
 
 
-def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False) -> str:
+def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False,
+                         flat: bool = False) -> str:
     """Source of the forward kernel for lines split into R tiles (see the module docstring).
 
     ``stages`` <= 1: the inputs are loaded into registers ``prefetch`` (0, 1 or 2) steps ahead of
@@ -190,7 +191,7 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def {_kernel_name(R, stages, scratch, prefetch, fence)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
+    a(f"def {_kernel_name(R, stages, scratch, prefetch, fence, flat)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
     _prologue(a, _NAMES)
     _bases(a)
     a("    yb = Y + b64 * spb + d * spd")
@@ -233,6 +234,9 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
         a("        started = t > 0")
         a("        up0 = tl.load(prv + so - BLOCK_C, mask=up_ok & started, other=0.0)")
         a(f"        dn{R - 1} = tl.load(prv + {'KC + ' if R > 1 else ''}so + BLOCK_C, mask=dn_ok & started, other=0.0)")
+    elif flat:
+        a(f"        up0 = _flat_shift_prev(h{R - 1}, BLOCK_K, BLOCK_C)")
+        a(f"        dn{R - 1} = _flat_shift_next(h0, BLOCK_K, BLOCK_C)")
     else:
         a(f"        up0 = _shift_prev(h{R - 1}, kk, BLOCK_K, BLOCK_C)")
         a(f"        dn{R - 1} = _shift_next(h0, kk, BLOCK_K, BLOCK_C)")
@@ -263,21 +267,22 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     return "\n".join(s) + "\n"
 
 
-def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int, fence: bool = False) -> str:
-    f = "_f" if fence else ""
+def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int, fence: bool = False, flat: bool = False) -> str:
+    f = ("_f" if fence else "") + ("_flat" if flat else "")
     if stages >= 2:
         return f"gspn_fwd_split_r{R}_s{stages}{f}"
     return f"gspn_fwd_split_r{R}{'_scr' if scratch else ''}_p{prefetch}{f}"
 
 
 @functools.lru_cache(maxsize=None)
-def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False):
+def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False,
+                         flat: bool = False):
     """The jitted forward kernel for lines split into R tiles (compiled by Triton on first launch);
     arguments as in :func:`split_forward_source`."""
     stages = max(1, int(stages))
-    src = split_forward_source(R, stages, scratch, prefetch, fence)
+    src = split_forward_source(R, stages, scratch, prefetch, fence, flat)
     filename = (f"<cgspn.ops.gspn.triton_split: forward, R={R}, stages={stages}, scratch={scratch}, "
-                f"prefetch={prefetch}, fence={fence}>")
+                f"prefetch={prefetch}, fence={fence}, flat={flat}>")
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {
         "tl": tl,
@@ -288,9 +293,11 @@ def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetc
         "_lam": K._lam,
         "_shift_prev": K._shift_prev,
         "_shift_next": K._shift_next,
+        "_flat_shift_prev": K._flat_shift_prev,
+        "_flat_shift_next": K._flat_shift_next,
     }
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch, fence)])
+    return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch, fence, flat)])
 
 
 _BWD_SIGNATURE = (
@@ -303,7 +310,7 @@ _BWD_SIGNATURE = (
 )
 
 
-def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str:
+def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False) -> str:
     """Source of the split-line backward for lines split into R tiles (line position
     ``i = k * R + r``), the reverse walk of :func:`split_forward_source` with the scratch exchange.
 
@@ -332,7 +339,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def {_bwd_name(R, prefetch, fence)}({_BWD_SIGNATURE}):")
+    a(f"def {_bwd_name(R, prefetch, fence, flat)}({_BWD_SIGNATURE}):")
     _prologue(a, _NAMES + (("dz", "sdr", "sdc"),))
     a("    if GROUP_MODE == 1:")
     a("        dzch = (cb * ZW + tl.arange(0, ZW))[None, :] * sdg")
@@ -389,11 +396,15 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
         a(f"        hpv{r} = tl.where(okp, hqc{r}.to(tl.float32), 0.0)")
     a("        hpu0 = tl.where(okp, hquc.to(tl.float32), 0.0)")
     a(f"        hpd{R - 1} = tl.where(okp, hqdc.to(tl.float32), 0.0)")
-    # q of the step after, shifted: through the scratch for the wrap-around tiles
-    a("        prv = sb + ((it + 1) % 2) * (2 * KC)")
-    a("        started = it > 0")
-    a("        q3u0 = tl.load(prv + so - BLOCK_C, mask=up_ok & started, other=0.0)")
-    a(f"        q1d{R - 1} = tl.load(prv + KC + so + BLOCK_C, mask=dn_ok & started, other=0.0)")
+    # q of the step after, shifted: through the scratch (or shared memory) for the wrap-around tiles
+    if flat:
+        a(f"        q3u0 = _flat_shift_prev(q3_{R - 1}, BLOCK_K, BLOCK_C)")
+        a("        q1d{0} = _flat_shift_next(q1_0, BLOCK_K, BLOCK_C)".format(R - 1))
+    else:
+        a("        prv = sb + ((it + 1) % 2) * (2 * KC)")
+        a("        started = it > 0")
+        a("        q3u0 = tl.load(prv + so - BLOCK_C, mask=up_ok & started, other=0.0)")
+        a(f"        q1d{R - 1} = tl.load(prv + KC + so + BLOCK_C, mask=dn_ok & started, other=0.0)")
     a("        dzp = dzb + pos * dz_scan")
     a("        ps = pb + pos * p_scan")
     for r in tiles:
@@ -435,10 +446,11 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
     for r in tiles:
         a(f"        q1_{r}, q2_{r}, q3_{r} = nq1_{r}, nq2_{r}, nq3_{r}")
         a(f"        hv{r} = hpv{r}")
-    a("        cur = sb + (it % 2) * (2 * KC)")
-    a(f"        tl.store(cur + so, q3_{R - 1})")
-    a("        tl.store(cur + KC + so, q1_0)")  # a different tensor from q3 even when R == 1
-    a("        tl.debug_barrier()")
+    if not flat:
+        a("        cur = sb + (it % 2) * (2 * KC)")
+        a(f"        tl.store(cur + so, q3_{R - 1})")
+        a("        tl.store(cur + KC + so, q1_0)")  # a different tensor from q3 even when R == 1
+        a("        tl.debug_barrier()")
     if prefetch:
         lhs = ", ".join(n.format("c") for n in names) + ", pos_c"
         rhs = ", ".join(n.format("n") for n in names) + ", pos_n"
@@ -447,16 +459,17 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False) -> str
 
 
 @functools.lru_cache(maxsize=None)
-def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False):
+def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False):
     """The jitted split-line backward for lines split into R tiles (:func:`split_backward_source`)."""
-    src = split_backward_source(R, prefetch, fence)
-    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, fence={fence}>"
+    src = split_backward_source(R, prefetch, fence, flat)
+    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, fence={fence}, flat={flat}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
-             "_lam": K._lam, "_group_sum": K._group_sum, "_store_gate_grads": K._store_gate_grads}
+             "_lam": K._lam, "_group_sum": K._group_sum, "_store_gate_grads": K._store_gate_grads,
+             "_flat_shift_prev": K._flat_shift_prev, "_flat_shift_next": K._flat_shift_next}
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_bwd_name(R, prefetch, fence)])
+    return triton.jit(scope[_bwd_name(R, prefetch, fence, flat)])
 
 
-def _bwd_name(R: int, prefetch: int, fence: bool = False) -> str:
-    return f"gspn_bwd_split_r{R}_p{prefetch}{'_f' if fence else ''}"
+def _bwd_name(R: int, prefetch: int, fence: bool = False, flat: bool = False) -> str:
+    return f"gspn_bwd_split_r{R}_p{prefetch}{'_f' if fence else ''}{'_flat' if flat else ''}"
