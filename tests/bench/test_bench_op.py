@@ -256,9 +256,11 @@ def test_flat_sweep_set_and_kernels():
     from cgspn.ops.gspn import triton_backend as TB
 
     assert flat_configs(14, 768, 64, 2, 16) == []  # the general kernel: no wrap-around exchange
-    for L, G, it in ((147, 16, 2), (74, 1, 4)):
-        cfgs = flat_configs(L, 64, 32, it, G) + flat_backward_configs(L, 64, 32, it, 64 // G)
-        assert cfgs and all(c.flat and c.split for c in cfgs)
+    for L, G, it in ((147, 16, 2), (147, 64, 2), (74, 1, 4)):  # the heuristic's exchange: scratch, flat, scratch
+        fwd, bwd = flat_configs(L, 64, 32, it, G), flat_backward_configs(L, 64, 32, it, 64 // G)
+        heuristic = TB.gspn2d_forward_config(32, L, L, 64, G, it)
+        assert any(c.flat != heuristic.flat for c in fwd) and heuristic not in fwd and all(c.split for c in fwd)
+        assert bwd and all(c.flat and c.split for c in bwd)
     for (H, W, G), cfg in (((17, 19, 2), TB.LaunchConfig(4, 8, 1, 1, 1, False, 5, True, flat=True)),
                            ((9, 7, 16), TB.LaunchConfig(16, 16, 1, 2, 1, False, 1, True, flat=True)),
                            ((17, 5, 4), TB.LaunchConfig(2, 8, 1, 0, 1, False, 10, True, flat=True))):

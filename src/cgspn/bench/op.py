@@ -471,14 +471,16 @@ def _more_tiles(cfg: Any, L: int, warps: tuple[int, ...]) -> list[Any]:
 
 
 def flat_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
-    """The forward heuristic's split config (square L x L grid) with the wrap-around exchange
-    through shared memory instead of the scratch (``LaunchConfig.flat``), and with prefetch 2."""
+    """The forward heuristic's split config (square L x L grid) with the other wrap-around exchange
+    (through shared memory, ``LaunchConfig.flat``, or the scratch), and the shared-memory one with
+    the prefetch 2 steps ahead."""
     from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
 
     cfg = gspn2d_forward_config(B, L, L, C, G, itemsize)
     if not cfg.split:
         return []
-    return [dataclasses.replace(cfg, flat=True, prefetch=pf) for pf in sorted({cfg.prefetch, 2})]
+    variants = [dataclasses.replace(cfg, flat=not cfg.flat), dataclasses.replace(cfg, flat=True, prefetch=2)]
+    return [v for v in variants if v != cfg]
 
 
 def flat_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> list[Any]:
