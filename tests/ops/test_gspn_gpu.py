@@ -151,8 +151,10 @@ SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 
 ]
 
 
-SPLIT_BWD_GPU_ONE_TILE = [  # lines of <= 32 as one tile, per-channel gates (sixth session's dispatch), with L
+SPLIT_BWD_GPU_ONE_TILE = [  # lines of <= 32 as one tile, per-channel gates (sixth session's dispatch), with L;
+    # (..., fence, asm_dz, flat): the seventh session's 32-row tiles, exchange through shared memory
     ((16, 64, 4, 1, 1), 64, None, _BF16, 14), ((32, 32, 8, 0, 1), 64, 5, _BF16, 24), ((32, 32, 8, 0, 1), 64, None, torch.float16, 32),
+    ((32, 32, 8, 1, 1, False, False, True), 64, 5, _BF16, 24), ((32, 32, 8, 1, 1, False, False, True), 64, None, torch.float16, 32),
 ]
 
 
@@ -168,9 +170,9 @@ def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
     k, bc, warps, pf, r, *rest = cfg
-    fence, asm_dz = rest + [False, False][len(rest):]
+    fence, asm_dz, flat = rest + [False, False, False][len(rest):]
     h = gspn2d(x, lam, z, chunk=chunk)
-    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, fence=fence, asm_dz=asm_dz)
+    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, fence=fence, asm_dz=asm_dz, flat=flat)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, config)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())

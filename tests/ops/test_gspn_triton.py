@@ -393,7 +393,8 @@ def test_dispatch_follows_the_measurements():
     # lines of 9-32, per-channel gates, 2-byte dtypes: the split backward as one tile (sixth session)
     one = lambda B, L, C, GS, it: TB.backward_config(L, C, GS, B=B, itemsize=it)[0]
     assert shape(one(64, 14, 768, 1, 2)) == (16, 1, 64, 4, 1) and one(64, 14, 768, 1, 2).scratch
-    assert shape(one(16, 32, 768, 1, 2)) == (32, 1, 32, 8, 0)
+    assert shape(one(16, 32, 768, 1, 2)) == (32, 1, 32, 8, 1) and one(16, 32, 768, 1, 2).flat  # seventh session
+    assert not one(64, 14, 768, 1, 2).flat
     assert not any(one(64, 14, 768, GS, it).split for GS, it in ((48, 2), (768, 2), (1, 4)))
     assert not one(64, 8, 768, 1, 2).split and not one(1, 14, 32, 1, 2).split  # short lines / few programs
     # groups of 6 in 96 channels: no block inside a group of >= 8 channels, so the previous rule

@@ -379,8 +379,9 @@ def one_tile_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1)
     """The split-line backward as one tile (``split=1``: each row's neighbours are the tile shifted
     by a row, through the scratch exchange, one barrier per step, no ``tl.gather``) for lines of
     9-32 positions with per-channel gates in 2-byte dtypes: next_pow2(L) rows; 16-row tiles take 64
-    channels, 4 warps and the prefetch one step ahead, 32-row tiles 32 channels, 8 warps, no
-    prefetch; the channel block halved until the launch has about one program per SM. None elsewhere.
+    channels, 4 warps and the prefetch one step ahead, 32-row tiles 32 channels, 8 warps, the
+    prefetch one step ahead and the exchange through shared memory (``LaunchConfig.flat``); the
+    channel block halved until the launch has about one program per SM. None elsewhere.
 
     Measured on the H200 (sixth session, ``bench op --sweep-set short``, C = 768, bf16, per call):
     64 x 14 x 14 0.387 ms, 32 x 24 x 24 0.682, 16 x 32 x 32 0.550 against the general kernel's 0.507 /
@@ -388,17 +389,21 @@ def one_tile_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1)
     none); the fastest swept were 0.387 / 0.648 / 0.549. With gate groups, or in fp32, the general
     kernel was as fast or faster (14 x 14: 0.42 / 0.31 ms for 16 / 1 groups against the best split's
     0.47 / 0.32; fp32 0.59 against 0.61).
+    Seventh session (``--sweep-set flat``, per call): the 32-row tiles with the exchange through shared
+    memory and prefetch 1, 32 x 24 x 24 0.569 ms and 16 x 32 x 32 0.465 against 0.649 / 0.523 (the
+    scratch, no prefetch; with shared memory and no prefetch 0.648 / 0.522). 16-row tiles: 0.351
+    (shared memory, no prefetch) against 0.366, within what two runs differ by; not taken.
     """
     if GS != 1 or itemsize > 2 or not 8 < L <= 32:
         return None
     k = _next_pow2(L)
-    bc, warps, pf = (64, 4, 1) if k <= 16 else (32, 8, 0)
+    bc, warps, pf, flat = (64, 4, 1, False) if k <= 16 else (32, 8, 1, True)
     bc = min(_next_pow2(C), bc)
     while bc > 8 and not _one_wave(B, C, bc):
         bc //= 2
     if not _one_wave(B, C, bc):
         return None
-    return LaunchConfig(k, bc, warps, pf, 1, False, 1, True)
+    return LaunchConfig(k, bc, warps, pf, 1, False, 1, True, flat=flat)
 
 
 def _reduces_in_block(GS: int, bc: int) -> bool:
