@@ -377,7 +377,7 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
 
 def one_tile_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) -> LaunchConfig | None:
     """The split-line backward as one tile (``split=1``: each row's neighbours are the tile shifted
-    by a row, through the scratch exchange, one barrier per step, no ``tl.gather``) for lines of
+    by a row, through the scratch or through shared memory, no layout conversion) for lines of
     9-32 positions with per-channel gates in 2-byte dtypes: next_pow2(L) rows; 16-row tiles take 64
     channels, 4 warps and the prefetch one step ahead, 32-row tiles 32 channels, 8 warps, the
     prefetch one step ahead and the exchange through shared memory (``LaunchConfig.flat``); the

@@ -24,7 +24,9 @@ launcher shares its strides and grid.
 With ``scratch=True`` the two wrap-around neighbours go through a small double-buffered fp32
 buffer (one barrier per step) instead of shuffles, so a tile may span many warps and a thread
 holds 1-2 elements per tile. :func:`split_backward_source` is the reverse walk with the same
-exchange.
+exchange. With ``flat=True`` the two neighbours come instead from a gather of the flattened tile
+(``triton_kernels._flat_shift_prev``), which Triton lowers through shared memory in the tile's own
+layout: no round trip through the L2, which is the busiest unit of these forwards (seventh session).
 
 Measured on the H200 (docs/benchmarks.md): with the shuffle exchange, faster than the general
 kernel only on short lines whose gate groups do not tile the general kernel's channel block (2-3x
@@ -179,12 +181,16 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     wait for loads in flight). Measured on the H200 it is slower in almost every shape (the next
     step's inputs then stay live through the math) and 1.03-1.07x faster only with one shared
     gate group in bf16 (docs/benchmarks.md, fifth session).
+    ``flat``: the wrap-around neighbours by a gather of the flattened tile, through shared memory
+    (``triton_kernels._flat_shift_prev``), not the scratch; like the scratch, tiles may span warps.
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
     piped = stages >= 2
     if piped and scratch:
         raise ValueError("scratch exchange cannot be combined with Triton's pipelining (stages >= 2)")
+    if scratch and flat:
+        raise ValueError("one wrap-around exchange: the scratch (scratch=True) or shared memory (flat=True)")
     if not 0 <= prefetch <= 2:
         raise ValueError(f"prefetch must be 0, 1 or 2, got {prefetch}")
     depth = 0 if piped else prefetch
@@ -331,6 +337,8 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     conversions, measured slower, and was deleted.)
 
     ``fence``: a barrier right after each step's input loads, as in :func:`split_forward_source`.
+    ``flat``: the wrap-around ``q`` tiles by a gather of the flattened tile through shared memory
+    instead of the scratch (``SCR`` is then not used).
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -399,7 +407,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     # q of the step after, shifted: through the scratch (or shared memory) for the wrap-around tiles
     if flat:
         a(f"        q3u0 = _flat_shift_prev(q3_{R - 1}, BLOCK_K, BLOCK_C)")
-        a("        q1d{0} = _flat_shift_next(q1_0, BLOCK_K, BLOCK_C)".format(R - 1))
+        a(f"        q1d{R - 1} = _flat_shift_next(q1_0, BLOCK_K, BLOCK_C)")
     else:
         a("        prv = sb + ((it + 1) % 2) * (2 * KC)")
         a("        started = it > 0")
