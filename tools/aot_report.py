@@ -68,7 +68,11 @@ def signature_of(launch: Any) -> tuple[dict[str, str], dict[tuple[int, ...], Any
             continue
         sig[name] = "constexpr"
         cons[(names.index(name),)] = value
-    return sig, cons, attrs
+    for i, p in enumerate(launch.kernel.params):  # constexprs the launch leaves at their defaults
+        if p.name not in sig and p.is_constexpr and p.has_default:
+            sig[p.name] = "constexpr"
+            cons[(i,)] = p.default
+    return {n: sig[n] for n in names if n in sig}, cons, attrs
 
 
 def _cuobjdump() -> str:
