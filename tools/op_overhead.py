@@ -46,9 +46,28 @@ def main() -> None:
     }
     with torch.no_grad():
         rows["forward: public gspn2d under torch.no_grad"] = per_call_us(lambda: gspn2d(x, lam, z, u=u))
+    # the backward's layers, to find where a forward + backward's host time goes
+    launch_b, grads = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, None)
+    rows["backward kernel, launch built once"] = per_call_us(launch_b.launch)
+    rows["backward: build + launch + partial sums (gspn2d_bwd_triton)"] = per_call_us(
+        lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None))
+    rows["backward: the custom op (torch.ops.cgspn.gspn2d_bwd)"] = per_call_us(
+        lambda: torch.ops.cgspn.gspn2d_bwd(dy, x, lam, z, u, h, 0))
+    rows["forward + backward: torch.autograd.grad (no .grad accumulation)"] = per_call_us(
+        lambda: torch.autograd.grad(gspn2d(*xs[:3], u=xs[3]), xs, dy))
     for k, v in rows.items():
         print(f"{v:8.1f} us  {k}")
-    json.dump(dict(shape=[B, H, W, C, G], dtype="bf16", torch=torch.__version__, per_call_us=rows), open(args.out, "w"), indent=1)
+    # a profiler trace of the forward + backward: where the host time goes, by op
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            torch.autograd.grad(gspn2d(*xs[:3], u=xs[3]), xs, dy)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    print(table)
+    json.dump(dict(shape=[B, H, W, C, G], dtype="bf16", torch=torch.__version__, per_call_us=rows, profile=table),
+              open(args.out, "w"), indent=1)
 
 
 if __name__ == "__main__":
