@@ -269,6 +269,21 @@ def test_flat_sweep_set_and_kernels():
         torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
         for a, w in zip(TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, cfg), want):
             torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=1e-5)
+    # windows (chunk 3) and a channel count the block does not divide (12 in blocks of 8)
+    from cgspn.ops import gspn2d
+
+    g = torch.Generator().manual_seed(13)
+    x, lam, z, u, dy = (torch.randn(1, 11, 6, 12, generator=g), torch.rand(1, 11, 6, 4, 12, generator=g),
+                        torch.randn(1, 11, 6, 4, 3, 3, generator=g), torch.randn(1, 11, 6, 4, 12, generator=g),
+                        torch.randn(1, 11, 6, 4, 12, generator=g))
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    y = gspn2d(*ins[:3], u=ins[3], chunk=3, backend="reference")
+    want = torch.autograd.grad(y, ins, dy.double())
+    cfg = TB.LaunchConfig(4, 8, 1, 1, 1, False, 3, True, flat=True)
+    got_y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, 3, True, cfg)
+    torch.testing.assert_close(got_y.double(), y.detach(), rtol=1e-5, atol=1e-5)
+    for a, w in zip(TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, 3, cfg), want):
+        torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=1e-5)
 
 
 def test_every_sweep_set_has_its_help_line():
