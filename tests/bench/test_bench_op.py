@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cgspn.bench.op import SWEEP_AGREEMENT, SWEEP_SET_DOCS, SWEEP_SETS, sweep_configs
+from cgspn.bench.op import SWEEP_AGREEMENT, SWEEP_SET_DOCS, SWEEP_SETS, VARIANT_SETS, sweep_configs
 from cgspn.cli import main
 from cgspn.ops import available_backends
 
@@ -208,15 +208,20 @@ def test_evict_sweep_set():
 
     import torch
 
-    from cgspn.bench.op import evict_backward_configs, evict_configs
+    from cgspn.bench.op import VARIANT_SETS
     from cgspn.ops.gspn import triton_backend as TB
 
+    fwd_set, bwd_set = VARIANT_SETS["evict"]
+    heuristics = lambda L, C, G, B, it: (TB.gspn2d_forward_config(B, L, L, C, G, it),
+                                         TB.backward_config(L, C, C // G, B=B, itemsize=it)[0])
+    evicted = lambda L, C, G, B, it: [c for h, build in zip(heuristics(L, C, G, B, it), (fwd_set, bwd_set))
+                                      for c in build(h, L)]
     for L, C, G, it in ((147, 64, 16, 2), (74, 64, 1, 4), (14, 768, 16, 2)):
-        (f,), (b,) = evict_configs(L, C, 32, it, G), evict_backward_configs(L, C, 32, it, C // G)
+        f, b = evicted(L, C, G, 32, it)
         assert f == dataclasses.replace(TB.gspn2d_forward_config(32, L, L, C, G, it), evict=True)
         assert b == dataclasses.replace(TB.backward_config(L, C, C // G, B=32, itemsize=it)[0], evict=True)
     split = TB.LaunchConfig(4, 8, 1, 1, 1, False, 3, True, evict=True)
-    for L, f, b in ((9, split, split), (5, *evict_configs(5, 16, 1, 4, 2), *evict_backward_configs(5, 16, 1, 4, 8))):
+    for L, f, b in ((9, split, split), (5, *evicted(5, 16, 2, 1, 4))):
         (x, lam, z, u, dy), want_y, want, h = _reference_case(1, L, L, 16, 2, seed=8)
         y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, f)
         torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
@@ -229,11 +234,13 @@ def test_tiles_sweep_set():
     padding, 1-4 elements of a tile per thread); a 10-tile line against the reference."""
     import torch
 
-    from cgspn.bench.op import _more_tiles, tiles_backward_configs, tiles_configs
+    from cgspn.bench.op import VARIANT_SETS, _more_tiles
     from cgspn.ops.gspn import triton_backend as TB
 
-    assert tiles_configs(14, 768, 64, 2, 16) == []  # not a split config: nothing to cut
-    cfgs = tiles_configs(147, 64, 32, 2, 1) + tiles_backward_configs(74, 64, 32, 2, 64)
+    tiles_configs, tiles_backward_configs = VARIANT_SETS["tiles"]
+    assert tiles_configs(TB.gspn2d_forward_config(64, 14, 14, 768, 16, 2), 14) == []  # not a split config: nothing to cut
+    cfgs = (tiles_configs(TB.gspn2d_forward_config(32, 147, 147, 64, 1, 2), 147)
+            + tiles_backward_configs(TB.backward_config(74, 64, 1, B=32, itemsize=2)[0], 74))
     assert cfgs and all(c.scratch and c.split >= 7 and c.block_l * c.split in (80, 160) for c in cfgs)
     assert all(32 * c.num_warps <= c.block_l * c.block_c <= 128 * c.num_warps for c in cfgs)
     base = TB.LaunchConfig(16, 8, 2, 1, 1, False, 5, True)
@@ -255,10 +262,11 @@ def test_flat_sweep_set_and_kernels():
     from cgspn.bench.op import flat_backward_configs, flat_configs
     from cgspn.ops.gspn import triton_backend as TB
 
-    assert flat_configs(14, 768, 64, 2, 16) == []  # the general kernel: no wrap-around exchange
+    assert flat_configs(TB.gspn2d_forward_config(64, 14, 14, 768, 16, 2)) == []  # the general kernel: no wrap-around exchange
     for L, G, it in ((147, 16, 2), (147, 64, 2), (74, 1, 4)):  # the heuristic's exchange: scratch, flat, scratch
-        fwd, bwd = flat_configs(L, 64, 32, it, G), flat_backward_configs(L, 64, 32, it, 64 // G)
         heuristic = TB.gspn2d_forward_config(32, L, L, 64, G, it)
+        fwd = flat_configs(heuristic)
+        bwd = flat_backward_configs(TB.backward_config(L, 64, 64 // G, B=32, itemsize=it)[0])
         assert any(c.flat != heuristic.flat for c in fwd) and heuristic not in fwd and all(c.split for c in fwd)
         assert bwd and all(c.flat and c.split for c in bwd)
     for (H, W, G), cfg in (((17, 19, 2), TB.LaunchConfig(4, 8, 1, 1, 1, False, 5, True, flat=True)),
@@ -287,4 +295,5 @@ def test_flat_sweep_set_and_kernels():
 
 
 def test_every_sweep_set_has_its_help_line():
-    assert SWEEP_SET_DOCS.keys() == SWEEP_SETS.keys()
+    assert SWEEP_SET_DOCS.keys() == SWEEP_SETS.keys() | VARIANT_SETS.keys()
+    assert not SWEEP_SETS.keys() & VARIANT_SETS.keys()

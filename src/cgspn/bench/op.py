@@ -46,7 +46,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-line loop baseline")
     p.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     p.add_argument("--sweep-passes", default="fwd,bwd", help="which kernels --sweep times: fwd, bwd or both (default: %(default)s)")
-    p.add_argument("--sweep-set", default="all", choices=["all", *SWEEP_SETS],
+    p.add_argument("--sweep-set", default="all", choices=["all", *SWEEP_SETS, *VARIANT_SETS],
                    help="configs --sweep times: all (around the heuristic's), or the heuristic's plus one set: "
                         + "; ".join(f"{name}: {doc}" for name, doc in SWEEP_SET_DOCS.items()) + " (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=0, help="time at most this many configs per pass and shape (0: all)")
@@ -438,20 +438,11 @@ def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS:
             for own in ((False, True) if GS > 1 else (False,)) for pf in (0, 1)]
 
 
-def evict_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
-    """The forward heuristic's config (square L x L grid) with the cache eviction hints
+def evict_configs(cfg: Any, L: int = 0) -> list[Any]:
+    """The heuristic's config ``cfg`` (forward or backward) with the cache eviction hints
     (``LaunchConfig.evict``: x kept in L2 between its four directions' reads, the streamed
     tensors evicted first)."""
-    from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
-
-    return [dataclasses.replace(gspn2d_forward_config(B, L, L, C, G, itemsize), evict=True)]
-
-
-def evict_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> list[Any]:
-    """The backward heuristic's config with the cache eviction hints (:func:`evict_configs`)."""
-    from cgspn.ops.gspn.triton_backend import backward_config
-
-    return [dataclasses.replace(backward_config(L, C, GS, B=B, itemsize=itemsize)[0], evict=True)]
+    return [dataclasses.replace(cfg, evict=True)]
 
 
 def _more_tiles(cfg: Any, L: int, warps: tuple[int, ...]) -> list[Any]:
@@ -470,16 +461,13 @@ def _more_tiles(cfg: Any, L: int, warps: tuple[int, ...]) -> list[Any]:
     return out
 
 
-def flat_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
-    """The forward heuristic's split config (square L x L grid) with the other wrap-around exchange
-    (through shared memory, ``LaunchConfig.flat``, or the scratch), and the shared-memory one with
-    the prefetch 0 or 2 steps ahead or with half the warps. The last two fit where the heuristic's
+def flat_configs(cfg: Any, L: int = 0) -> list[Any]:
+    """The forward heuristic's split config ``cfg`` with the other wrap-around exchange (through
+    shared memory, ``LaunchConfig.flat``, or the scratch), and the shared-memory one with the
+    prefetch 0 or 2 steps ahead or with half the warps. The last two fit where the heuristic's
     16 warps sit at the 128-register cap and the exchange's indices spill: at 32 x 74 x 74 x 64 in
     bf16 the sm_90 compile (Triton 3.6) gives 113 registers without the prefetch and 233 at 8 warps,
     no spill (the sweep measured with 16 warps and the prefetch: 80 bytes of stack, slower)."""
-    from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
-
-    cfg = gspn2d_forward_config(B, L, L, C, G, itemsize)
     if not cfg.split:
         return []
     variants = [dataclasses.replace(cfg, flat=not cfg.flat)]
@@ -493,29 +481,10 @@ def flat_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
     return out
 
 
-def flat_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> list[Any]:
-    """The backward heuristic's split config with the exchange through shared memory
+def flat_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
+    """The backward heuristic's split config ``cfg`` with the exchange through shared memory
     (:func:`flat_configs`), prefetch 0 and 1."""
-    from cgspn.ops.gspn.triton_backend import backward_config
-
-    cfg = backward_config(L, C, GS, B=B, itemsize=itemsize)[0]
     return [dataclasses.replace(cfg, flat=True, prefetch=pf) for pf in (0, 1)] if cfg.split else []
-
-
-def tiles_configs(L: int, C: int, B: int, itemsize: int, G: int) -> list[Any]:
-    """The forward heuristic's config (square L x L grid) with more, shorter tiles per line
-    (:func:`_more_tiles`, 8 or 16 warps)."""
-    from cgspn.ops.gspn.triton_backend import gspn2d_forward_config
-
-    return _more_tiles(gspn2d_forward_config(B, L, L, C, G, itemsize), L, (8, 16))
-
-
-def tiles_backward_configs(L: int, C: int, B: int, itemsize: int, GS: int) -> list[Any]:
-    """The backward heuristic's config with more, shorter tiles per line (:func:`_more_tiles`,
-    4-16 warps)."""
-    from cgspn.ops.gspn.triton_backend import backward_config
-
-    return _more_tiles(backward_config(L, C, GS, B=B, itemsize=itemsize)[0], L, (4, 8, 16))
 
 
 _scratch_bwd = lambda L, C, B, it, GS: scratch_backward_configs(L, C, B, it, GS)
@@ -548,8 +517,12 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "asmdz": (_none, lambda L, C, B, it, GS: asmdz_backward_configs(L, C, GS, B, it)),
     "short": (lambda L, C, B, it, G: short_forward_configs(L, C), lambda L, C, B, it, GS: short_backward_configs(L, C, GS, B, it)),
     "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
-    "evict": (evict_configs, evict_backward_configs),
-    "tiles": (tiles_configs, tiles_backward_configs),
+}
+# --sweep-set NAME: variants of the heuristic's own (forward, backward) config, built from it and the
+# line length: (heuristic config, L) -> configs
+VARIANT_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
+    "evict": (evict_configs, evict_configs),
+    "tiles": (lambda cfg, L: _more_tiles(cfg, L, (8, 16)), lambda cfg, L: _more_tiles(cfg, L, (4, 8, 16))),
     "flat": (flat_configs, flat_backward_configs),
 }
 
@@ -647,9 +620,14 @@ def run(args: argparse.Namespace) -> int:
                 h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
                 passes = {t.strip() for t in args.sweep_passes.split(",")}
                 L, it = max(H, W), dtype.itemsize
+                heuristic_f = TB.gspn2d_forward_config(B, H, W, C, G, it)
+                heuristic_b = TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]
                 if args.sweep_set in SWEEP_SETS:  # the heuristic's configs first, then the set's
                     fwd_set, bwd_set = SWEEP_SETS[args.sweep_set]
-                    fwd_cfgs = [TB.gspn2d_forward_config(B, H, W, C, G, it)] + fwd_set(L, C, B, it, G)
+                    fwd_cfgs = [heuristic_f] + fwd_set(L, C, B, it, G)
+                elif args.sweep_set in VARIANT_SETS:
+                    fwd_set, bwd_set = VARIANT_SETS[args.sweep_set]
+                    fwd_cfgs = [heuristic_f] + fwd_set(heuristic_f, L)
                 else:
                     fwd_cfgs = sweep_configs(L, C, B, (C // G) >= 8, it)
                 cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
@@ -657,7 +635,9 @@ def run(args: argparse.Namespace) -> int:
                     cases = cases[: args.sweep_limit]
                 if "bwd" in passes:
                     if args.sweep_set in SWEEP_SETS:
-                        bwd_cfgs = [TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]] + bwd_set(L, C, B, it, C // G)
+                        bwd_cfgs = [heuristic_b] + bwd_set(L, C, B, it, C // G)
+                    elif args.sweep_set in VARIANT_SETS:
+                        bwd_cfgs = [heuristic_b] + bwd_set(heuristic_b, L)
                     else:
                         bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
                     bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]

@@ -5,9 +5,7 @@ Everything here works on already-validated tensors; the public API lives in ``cg
 
 from __future__ import annotations
 
-import dataclasses
-
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -249,7 +247,7 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     # SM; with fewer programs only per-channel gates in 2-byte dtypes
     enough = _programs(B, C, min(32, _next_pow2(C))) >= _SM_COUNT_GUESS
     if scratch is not None and (enough or (GS == 1 and itemsize <= 2)):
-        return dataclasses.replace(scratch, flat=True) if _flat_exchange_pays(scratch, L, GS, itemsize) else scratch
+        return replace(scratch, flat=True) if _flat_exchange_pays(scratch, L, GS, itemsize) else scratch
     general = forward_config(L, C, B=B, shared=GS >= 8)
     inside = _narrowed_inside_group(GS, general.block_c) if L <= 32 else None
     if inside is not None:  # one warp, the prefetch 2 steps ahead
