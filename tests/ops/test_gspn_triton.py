@@ -133,6 +133,58 @@ def test_torch_compile_fullgraph_traces_the_op():
     torch.testing.assert_close(gc, ge)
 
 
+def test_compiled_graph_holds_the_registered_op():
+    """Under torch.compile the op is the registered custom op (one graph node), not the eager path."""
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 3, 4, 4, generator=g).to(DEVICE)
+    lam, z = torch.randn(1, 3, 4, 4, 4, generator=g).to(DEVICE), torch.randn(1, 3, 4, 4, 3, 2, generator=g).to(DEVICE)
+    out = torch.compile(lambda a, b, c: gspn2d(a, b, c, backend="triton"), fullgraph=True, backend=recording_backend)(x, lam, z)
+    torch.testing.assert_close(out, gspn2d(x, lam, z, backend="triton"))
+    assert graphs and "cgspn.gspn2d_fwd" in graphs[0]
+
+
+@pytest.mark.parametrize("with_u,chunk,lam_logits", [(True, None, False), (False, 3, True)])
+def test_eager_path_matches_the_registered_op_bitwise(with_u, chunk, lam_logits):
+    """Eager gspn2d skips the custom-op wrappers (op.py); it must give the registered op's outputs
+    and gradients exactly (the same launches)."""
+    import cgspn.ops.gspn.op  # noqa: F401  (registers the custom ops)
+
+    g = torch.Generator().manual_seed(8)
+    B, H, W, C, G = 2, 5, 7, 6, 3
+    mk = lambda *s: torch.randn(*s, generator=g).to(DEVICE).requires_grad_()
+    ins = [mk(B, H, W, C), mk(B, H, W, 4, C), mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C) if with_u else None]
+    dy = torch.randn(B, H, W, 4, C, generator=g).to(DEVICE)
+    leaves = [t for t in ins if t is not None]
+    eager = gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="triton", lam_logits=lam_logits)
+    registered, _ = torch.ops.cgspn.gspn2d_fwd(*ins, chunk or 0, True, lam_logits)
+    assert torch.equal(eager, registered)
+    for a, b in zip(torch.autograd.grad(eager, leaves, dy), torch.autograd.grad(registered, leaves, dy)):
+        assert torch.equal(a, b)
+    shape = (2, 3, 5, 4)
+    ls = [torch.randn(*shape, generator=g).to(DEVICE).requires_grad_() for _ in range(5)]
+    eager, registered = line_scan(*ls, chunk=chunk, backend="triton"), torch.ops.cgspn.line_scan_fwd(*ls, chunk or 0)
+    assert torch.equal(eager, registered)
+    dh = torch.randn(*shape, generator=g).to(DEVICE)
+    for a, b in zip(torch.autograd.grad(eager, ls, dh), torch.autograd.grad(registered, ls, dh)):
+        assert torch.equal(a, b)
+
+
+def test_double_backward_refuses_clearly():
+    """The backward kernels have no derivative: a second-order gradient raises instead of returning zeros."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 3, 4, 4, generator=g).to(DEVICE).requires_grad_()
+    lam, z = torch.randn(1, 3, 4, 4, 4, generator=g).to(DEVICE), torch.randn(1, 3, 4, 4, 3, 1, generator=g).to(DEVICE)
+    (dx,) = torch.autograd.grad(gspn2d(x, lam, z, backend="triton").square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        dx.sum().backward()
+
+
 def test_strided_views_of_one_projection_need_no_copies():
     """lam, u and the gate logits as slices of one projection output (how the block calls it)."""
     g = torch.Generator().manual_seed(6)

@@ -74,6 +74,20 @@ def test_latent_readout_opcheck():
     torch.library.opcheck(torch.ops.cgspn.latent_readout.default, (*[t.detach() for t in ins], 1e-5))
 
 
+@needs_triton
+@pytest.mark.parametrize("affine,bias", [(True, True), (False, False)])
+def test_latent_readout_eager_path_matches_the_registered_op_bitwise(affine, bias):
+    """Eager calls skip the custom-op wrappers; outputs and gradients must be the op's exactly."""
+    ins = _inputs((3, 5), 4, 16, 24, torch.float32, affine, bias, seed=3)
+    dout = torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    leaves = [t for t in ins if t is not None]
+    eager = latent_readout(*ins, eps=1e-5, backend="triton")
+    registered = torch.ops.cgspn.latent_readout(*ins, 1e-5)
+    assert torch.equal(eager, registered)
+    for a, b in zip(torch.autograd.grad(eager, leaves, dout), torch.autograd.grad(registered, leaves, dout)):
+        assert torch.equal(a, b)
+
+
 def test_latent_readout_reference_is_the_unfused_composition():
     y, w, b, up_w, up_b = (t.detach() for t in _inputs((4,), 4, 8, 12, torch.float64))
     want = torch.nn.functional.gelu(

@@ -1,9 +1,18 @@
-"""``torch.library`` registration of the fused kernels: custom ops with fake and autograd rules.
+"""``torch.library`` registration of the fused kernels: custom ops with fake and autograd rules,
+and the eager path that calls the same kernels without the dispatcher.
 
 Registered as ``cgspn::gspn2d_fwd`` / ``cgspn::gspn2d_bwd`` and ``cgspn::line_scan_fwd`` /
 ``cgspn::line_scan_bwd`` so that ``torch.compile(fullgraph=True)`` traces models using them
 (the op is one node in the graph, not a graph break) and ``torch.library.opcheck`` passes.
 ``chunk`` is passed as an int, 0 meaning global lines.
+
+Eager calls (not under ``torch.compile``) skip the custom-op machinery: with no gradient needed the
+forward kernel is launched directly, else through a ``torch.autograd.Function`` whose forward and
+backward launch the same kernels as the registered ops. The custom op's Python wrappers (its
+dispatcher hops, the generated autograd function, the argument re-filling) cost more host time per
+call than the launch itself: measured with ``tools/op_overhead.py --host-only`` (docs/benchmarks.md,
+eighth session). Both paths run the same launches (``triton_backend``), so they agree bit for bit
+(tests/ops/test_gspn_triton_interpret.py).
 """
 
 from __future__ import annotations
@@ -84,16 +93,40 @@ def _gspn2d_backward(ctx, dy, _dh):
 _gspn2d_fwd.register_autograd(_gspn2d_backward, setup_context=_gspn2d_setup)
 
 
+class _Gspn2dEager(torch.autograd.Function):
+    """Eager autograd of the fused gspn2d: the registered ops' launches without the dispatcher.
+    Inputs as ``cgspn::gspn2d_fwd``; returns y (B, H, W, 4, C)."""
+
+    @staticmethod
+    def forward(ctx, x, lam, gate_logits, u, chunk: int, lam_logits: bool):  # type: ignore[override]
+        y, h = TB.gspn2d_fwd_triton(x, lam, gate_logits, u, _chunk(chunk), True, lam_logits=lam_logits)
+        ctx.chunk, ctx.lam_logits, ctx.has_u = chunk, lam_logits, u is not None
+        ctx.save_for_backward(x, lam, gate_logits, u, h if u is not None else y)  # without u, y is the state
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the backward kernel has no derivative of its own
+    def backward(ctx, dy):  # type: ignore[override]
+        x, lam, z, u, state = ctx.saved_tensors
+        dx, dlam, dz, du = TB.gspn2d_bwd_triton(dy, x, lam, z, u, state, _chunk(ctx.chunk), lam_logits=ctx.lam_logits)
+        return dx, dlam, dz, (du if ctx.has_u else None), None, None
+
+
 def gspn2d_triton(
     x: torch.Tensor, lam: torch.Tensor, gate_logits: torch.Tensor, u: torch.Tensor | None, chunk: int | None,
     lam_logits: bool = False,
 ) -> torch.Tensor:
-    """Fused-kernel gspn2d on validated inputs (see :func:`cgspn.ops.gspn2d`)."""
+    """Fused-kernel gspn2d on validated inputs (see :func:`cgspn.ops.gspn2d`): the registered custom
+    op under ``torch.compile``, the same kernels launched directly in eager mode."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, lam, gate_logits, u)
     )
-    y, _ = _gspn2d_fwd(x, lam, gate_logits, u, chunk or 0, needs_grad, lam_logits)
-    return y
+    if torch.compiler.is_compiling():
+        y, _ = _gspn2d_fwd(x, lam, gate_logits, u, chunk or 0, needs_grad, lam_logits)
+        return y
+    if not needs_grad:
+        return TB.gspn2d_fwd_triton(x, lam, gate_logits, u, chunk, False, lam_logits=lam_logits)[0]
+    return _Gspn2dEager.apply(x, lam, gate_logits, u, chunk or 0, lam_logits)
 
 
 # ----------------------------------------------------------------------------- line_scan
@@ -144,8 +177,31 @@ def _line_scan_backward(ctx, dy):
 _line_scan_fwd.register_autograd(_line_scan_backward, setup_context=_line_scan_setup)
 
 
+class _LineScanEager(torch.autograd.Function):
+    """Eager autograd of the fused line_scan (as :class:`_Gspn2dEager`). Inputs (N, C, H, W)."""
+
+    @staticmethod
+    def forward(ctx, x, lam, g1, g2, g3, chunk: int):  # type: ignore[override]
+        h = TB.line_scan_fwd_triton(x, lam, g1, g2, g3, _chunk(chunk))
+        ctx.chunk = chunk
+        ctx.save_for_backward(x, lam, g1, g2, g3, h)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):  # type: ignore[override]
+        x, lam, g1, g2, g3, h = ctx.saved_tensors
+        dx, dlam, dg = TB.line_scan_bwd_triton(dy, x, lam, g1, g2, g3, h, _chunk(ctx.chunk))
+        return dx, dlam, dg[0], dg[1], dg[2], None
+
+
 def line_scan_triton(
     x: torch.Tensor, lam: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, g3: torch.Tensor, chunk: int | None
 ) -> torch.Tensor:
-    """Fused-kernel line_scan on validated inputs (see :func:`cgspn.ops.line_scan`)."""
-    return _line_scan_fwd(x, lam, g1, g2, g3, chunk or 0)
+    """Fused-kernel line_scan on validated inputs (see :func:`cgspn.ops.line_scan`): the registered
+    custom op under ``torch.compile``, the same kernels launched directly in eager mode."""
+    if torch.compiler.is_compiling():
+        return _line_scan_fwd(x, lam, g1, g2, g3, chunk or 0)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, lam, g1, g2, g3))):
+        return TB.line_scan_fwd_triton(x, lam, g1, g2, g3, chunk)
+    return _LineScanEager.apply(x, lam, g1, g2, g3, chunk or 0)

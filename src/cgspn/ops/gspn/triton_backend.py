@@ -6,6 +6,7 @@ Everything here works on already-validated tensors; the public API lives in ``cg
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Callable
 
 import torch
@@ -222,6 +223,7 @@ def _flat_exchange_pays(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> bo
     return GS == 1 if itemsize <= 2 else GS > 1
 
 
+@lru_cache(maxsize=1024)  # pure in its ints (LaunchConfig is frozen): the op's host path asks it every call
 def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int) -> LaunchConfig:
     """The launch configuration gspn2d's forward uses.
 
@@ -255,6 +257,7 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     return general
 
 
+@lru_cache(maxsize=1024)  # pure in its arguments, as gspn2d_forward_config
 def backward_config(
     L: int, C: int, GS: int, override: LaunchConfig | None = None, *, B: int = 32, itemsize: int = 2,
     allow_split: bool = True,
@@ -547,7 +550,7 @@ def _register_cap(cfg: LaunchConfig, x: torch.Tensor) -> dict[str, int]:
 
 def _z_views(z: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
     """The three logit planes of z (B,H,W,4,3,G) and the strides the kernels read them with."""
-    return (z[..., 0, :], z[..., 1, :], z[..., 2, :]), (z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5))
+    return z.unbind(4), (z.stride(0), z.stride(1), z.stride(2), z.stride(3), z.stride(5))
 
 
 _INT32_MAX = 2**31 - 1
@@ -557,7 +560,7 @@ def _check_offsets(**tensors: torch.Tensor | None) -> None:
     """The kernels index within one batch item with 32-bit offsets (position x stride products):
     refuse, with a clear error, inputs whose per-item extent would overflow them."""
     for name, t in tensors.items():
-        if t is None or t.numel() == 0:
+        if t is None or (t.numel() <= _INT32_MAX and t.is_contiguous()):  # a dense tensor spans its numel
             continue
         extent = sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]))
         if extent > _INT32_MAX:

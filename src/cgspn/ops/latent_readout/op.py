@@ -56,11 +56,8 @@ def _launch(y2: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Tenso
     return out
 
 
-@torch.library.custom_op("cgspn::latent_readout", mutates_args=())
-def _readout(
-    y: torch.Tensor, norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor],
-    up_weight: torch.Tensor, up_bias: Optional[torch.Tensor], eps: float,
-) -> torch.Tensor:
+def _readout_forward(y, norm_weight, norm_bias, up_weight, up_bias, eps: float) -> torch.Tensor:
+    """y (..., D, K) -> (..., N): the fused kernel on a (M, D, K) view of y."""
     lead, (D, K) = y.shape[:-2], y.shape[-2:]
     y2 = y.reshape(-1, D, K)
     if y2.stride(-1) != 1:
@@ -68,6 +65,14 @@ def _readout(
     up_weight = up_weight if up_weight.stride(-1) == 1 else up_weight.contiguous()
     out = _launch(y2, norm_weight, norm_bias, up_weight, up_bias, eps)
     return out.view(*lead, up_weight.shape[0])
+
+
+@torch.library.custom_op("cgspn::latent_readout", mutates_args=())
+def _readout(
+    y: torch.Tensor, norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor],
+    up_weight: torch.Tensor, up_bias: Optional[torch.Tensor], eps: float,
+) -> torch.Tensor:
+    return _readout_forward(y, norm_weight, norm_bias, up_weight, up_bias, eps)
 
 
 @_readout.register_fake
@@ -84,7 +89,12 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, dout):
-    y, w, b, up_w, up_b = ctx.saved_tensors
+    return _readout_grads(ctx, dout, *ctx.saved_tensors)
+
+
+def _readout_grads(ctx, dout, y, w, b, up_w, up_b):
+    """Gradients for (y, norm_weight, norm_bias, up_weight, up_bias, eps) from PyTorch's kernels;
+    ctx carries eps, D and which optional inputs were given."""
     K = y.shape[-1]
     s = y.sum(dim=-2)
     m, mean, rstd = torch.ops.aten.native_layer_norm(s, [K], w, b, ctx.eps)
@@ -102,6 +112,27 @@ def _backward(ctx, dout):
 _readout.register_autograd(_backward, setup_context=_setup)
 
 
+class _ReadoutEager(torch.autograd.Function):
+    """Eager autograd of the fused read-out: the registered op's kernel and backward without the
+    custom-op wrappers (their host cost per call exceeds the launch's; see cgspn.ops.gspn.op)."""
+
+    @staticmethod
+    def forward(ctx, y, norm_weight, norm_bias, up_weight, up_bias, eps: float):  # type: ignore[override]
+        out = _readout_forward(y, norm_weight, norm_bias, up_weight, up_bias, eps)
+        _setup(ctx, (y, norm_weight, norm_bias, up_weight, up_bias, eps), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # type: ignore[override]
+        return _readout_grads(ctx, dout, *ctx.saved_tensors)
+
+
 def latent_readout_triton(y, norm_weight, norm_bias, up_weight, up_bias, eps: float) -> torch.Tensor:
-    """The fused read-out on validated inputs (see :func:`cgspn.ops.latent_readout`)."""
-    return _readout(y, norm_weight, norm_bias, up_weight, up_bias, float(eps))
+    """The fused read-out on validated inputs (see :func:`cgspn.ops.latent_readout`): the registered
+    custom op under ``torch.compile``, the same kernel called directly in eager mode."""
+    if torch.compiler.is_compiling():
+        return _readout(y, norm_weight, norm_bias, up_weight, up_bias, float(eps))
+    ins = (y, norm_weight, norm_bias, up_weight, up_bias)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)):
+        return _readout_forward(*ins, float(eps))
+    return _ReadoutEager.apply(*ins, float(eps))
