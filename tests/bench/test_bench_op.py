@@ -46,6 +46,8 @@ def test_bench_op_sweep_cpu_smoke(tmp_path):
     for s in fwd + bwd:  # every config computes the same outputs as the heuristic's
         assert "error" not in s, s
         assert s["agrees"] and s["rel_diff_vs_heuristic"] <= SWEEP_AGREEMENT["fp32"]
+        assert isinstance(s["heuristic"], bool)
+    assert all(s["bwd_with_sums_ms"] > 0 for s in bwd)  # kernel alone, and with the caller's sums
     assert {b["pass"] for b in data["best"]} == {"fwd", "bwd"}
 
 
