@@ -677,8 +677,8 @@ def gspn2d_bwd_launch(
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (dxd, dlam, du if du is not None else dlam, dz_buf)
     _check_covers(cfg, max(H, W))
-    if cfg.split:  # the split backward's scratch (unused with cfg.flat, but in its signature)
-        outs += (_exchange_buffer(cfg, grid, x.device),)
+    if cfg.split:  # the split backward's scratch; with cfg.flat in its signature but never read: any pointer
+        outs += (dlam if cfg.flat else _exchange_buffer(cfg, grid, x.device),)
     args = (
         x, lam, *zs, u if u is not None else dy, h, dy, *outs,
         H, W, C, GS, ck, nchunk, ncb, *x.stride(), *dy.stride(), *lam.stride(), *z_strides, *dz_buf.stride(),
