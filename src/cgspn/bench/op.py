@@ -8,8 +8,9 @@ reference backend: one vectorised step per line, as GSPN-1's pure-PyTorch path).
 
 Each row also times the general forward kernel (one tile per line) in the same run
 (``fwd_general_ms``; ``gain_vs_general`` = its time over the dispatched kernel's, 1 where the default
-is the general kernel). ``fwd_ms`` / ``bwd_ms`` go through the public op (its checks, dispatch and
-allocations on the host); ``fwd_kernel_ms`` / ``bwd_kernel_ms`` time the dispatched kernel alone from a
+is the general kernel). ``fwd_ms`` goes through the public op (its checks, dispatch and
+allocations on the host), ``bwd_ms`` through what an eager backward runs (the launch builder and the
+partial sums; before the eighth session, the registered ``cgspn::gspn2d_bwd`` op's wrappers too); ``fwd_kernel_ms`` / ``bwd_kernel_ms`` time the dispatched kernel alone from a
 launch built once (the backward without the caller's sums of its per-direction partials), which is
 the GPU time when the op path's host work is longer than the kernel. ``--sweep`` also times a grid of launch configurations per shape, each checked
 against the heuristic's outputs first, and reports the best. Swept configs are timed as the kernel
@@ -694,7 +695,8 @@ def run(args: argparse.Namespace) -> int:
             ms_g = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, general), warmup=args.warmup, iters=args.iters, device=device)
             _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
             h = hs if hs is not None else fwd()
-            ms_b = time_fn(lambda: torch.ops.cgspn.gspn2d_bwd(dy, x, lam, z, u, h, args.chunk or 0), warmup=args.warmup, iters=args.iters, device=device)
+            # what an eager backward runs (op.py's autograd.Function: the launch and the partial sums)
+            ms_b = time_fn(lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk), warmup=args.warmup, iters=args.iters, device=device)
             # the dispatched kernels alone, launches built once: the GPU time when the op path's host work
             # (checks, strides, allocations: ~0.2 ms per call on the H200's host) is longer than the kernel
             launch_f, _, _ = TB.gspn2d_fwd_launch(x, lam, z, u, args.chunk, False)
