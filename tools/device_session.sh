@@ -9,7 +9,7 @@
 # ncu = Nsight Compute sections of the forward and backward on three shapes (tools/ncu_probe.py);
 # ncubytes = DRAM / L2 bytes and time per kernel (ncu metrics; NCU_METRICS) with and without LaunchConfig.evict (NCU_MODES, default 'plain evict'; NCU_SHAPES 'B H W C G;...', NCU_DTYPE);
 # setsweep = bench op --sweep --sweep-set $SW_SET (default evict) on SW_SHAPES / SW_GROUPS / SW_DTYPES / SW_PASSES;
-# overhead = tools/op_overhead.py (CPU-side cost per call of the op's paths);
+# overhead = tools/op_overhead.py (CPU-side cost per call of the op's paths; OVERHEAD_SHAPE B,H,W,C,G);
 # pattern = tools/pattern_probe.py (the forward's access pattern without the recurrence);
 # layout = tools/layout_probe.py (the forward on direction-major input planes against the interleaved layout);
 # graphs = the B = 1 model benchmark under torch.compile(mode="reduce-overhead") (CUDA graphs).
@@ -63,7 +63,7 @@ for spec in "${steps[@]}"; do
     ncu) cmd=(bash -c "echo \"\${NCU_SHAPES:-32 147 147 64 64;32 74 74 64 16;1 147 147 64 64}\" | tr ';' '\\n' | while read -r s; do echo == \$s; ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:\${NCU_KERNELS:-gspn} --launch-count 2 python3 tools/ncu_probe.py \$s; done") ;;
     ncubytes) cmd=(bash -c "echo \"\${NCU_SHAPES:-32 74 74 64 1;32 74 74 64 64;32 147 147 64 1}\" | tr ';' '\\n' | while read -r s; do for ev in \${NCU_MODES:-plain evict}; do echo == \$s \$ev; ncu --clock-control none --metrics \${NCU_METRICS:-dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,gpu__time_duration.sum} -k regex:gspn --launch-count 3 python3 tools/ncu_probe.py \$s \$ev \${NCU_DTYPE:-bf16}; done; done") ;;
     setsweep) cmd=(python3 -m cgspn.cli bench op --shapes "${SW_SHAPES:-32,74,74,64;32,147,147,64}" --groups ${SW_GROUPS:-C,16,1} --dtypes ${SW_DTYPES:-bf16,fp32} --sweep --sweep-set ${SW_SET:-evict} --sweep-passes ${SW_PASSES:-fwd,bwd} --compile-workers $cw --no-baseline --iters ${SW_ITERS:-10} --out "$out/${SW_SET:-evict}_sweep.json") ;;
-    overhead) cmd=(python3 tools/op_overhead.py --out "$out/op_overhead.json") ;;
+    overhead) cmd=(python3 tools/op_overhead.py --shape "${OVERHEAD_SHAPE:-1,8,8,64,16}" --out "$out/op_overhead.json") ;;
     pattern) cmd=(python3 tools/pattern_probe.py ${PATTERN_ARGS:-} --out "$out/pattern_probe.json") ;;
     layout) cmd=(python3 tools/layout_probe.py --out "$out/layout_probe.json") ;;
     profile) cmd=(python3 tools/profile_block.py --batch 32 --px 2058 1036 --variants cgspn_mixer cgspn --out "$out/profile_block.json") ;;
