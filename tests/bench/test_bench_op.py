@@ -67,7 +67,9 @@ def test_latency_sweep_configs_compute_the_op():
     want = gspn2d(*(t.double() for t in (x, lam, z)), u=u.double(), backend="reference")
     cfgs = latency_configs(max(H, W), C, 4)
     assert any(not c.scratch for c in cfgs) and any(c.scratch for c in cfgs)
-    for cfg in cfgs[::4]:
+    flat = [c for c in cfgs if c.flat]  # the single-warp kernels with the shared-memory exchange
+    assert flat and all(c.num_warps == 1 for c in flat) and {c.prefetch for c in flat} == {1, 2}
+    for cfg in cfgs[::4] + flat[::3]:
         assert cfg.split * cfg.block_l >= max(H, W)
         y, _ = TB.gspn2d_fwd_triton(x, lam, z, u, None, False, cfg)
         torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5, msg=str(cfg))

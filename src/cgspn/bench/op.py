@@ -417,7 +417,12 @@ def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
     """Forward configs for few programs (B = 1), where a step's dependent chain sets the time:
     the warp-shuffle split kernel (no barrier, no scratch round trip through L2; 16 or 32 rows on
     the lanes, 1-8 channels per lane, 1-2 warps, prefetch 1-2) and the scratch kernel's small-batch
-    tiles (:func:`scratch_configs` at B = 1)."""
+    tiles (:func:`scratch_configs` at B = 1). The shuffle kernel runs its prefetch 1 step ahead
+    whatever the config says; the single-warp kernels with the exchange through a gather of the
+    flattened tile (``LaunchConfig.flat``, eighth session) run 1 or 2 steps ahead. Those test whether
+    the step waits for its loads: compiled for sm_90 (Triton 3.6) at 1 x 147 x 147 x 64 bf16, 5 x 32
+    rows, 2 channels, 1 warp, 2 steps ahead, they take 249 registers without spilling, no barrier,
+    ~620 instructions per thread and step (the scratch kernel's step: ~1 us measured)."""
     from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
     from cgspn.ops.gspn.triton_split import MAX_SPLIT
 
@@ -429,6 +434,9 @@ def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
                 if k * bc < 32 * warps:  # at least one element of a tile per thread
                     continue
                 out += [LaunchConfig(k, bc, warps, pf, 1, False, r, False) for pf in (1, 2)]
+    for k, r in _line_tilings(L, (32,), MAX_SPLIT):
+        for bc in sorted({min(cmax, b) for b in (1, 2, 4)}):
+            out += [LaunchConfig(k, bc, 1, pf, 1, False, r, False, flat=True) for pf in (1, 2)]
     return out + scratch_configs(L, C, 1, itemsize)
 
 
