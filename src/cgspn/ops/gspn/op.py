@@ -12,7 +12,7 @@ backward launch the same kernels as the registered ops. The custom op's Python w
 dispatcher hops, the generated autograd function, the argument re-filling) cost more host time per
 call than the launch itself: measured with ``tools/op_overhead.py --host-only`` (docs/benchmarks.md,
 eighth session). Both paths run the same launches (``triton_backend``), so they agree bit for bit
-(tests/ops/test_gspn_triton_interpret.py).
+(tests/ops/test_gspn_triton.py).
 """
 
 from __future__ import annotations
