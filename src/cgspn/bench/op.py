@@ -434,10 +434,21 @@ def latency_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
                 if k * bc < 32 * warps:  # at least one element of a tile per thread
                     continue
                 out += [LaunchConfig(k, bc, warps, pf, 1, False, r, False) for pf in (1, 2)]
-    for k, r in _line_tilings(L, (32,), MAX_SPLIT):
-        for bc in sorted({min(cmax, b) for b in (1, 2, 4)}):
-            out += [LaunchConfig(k, bc, 1, pf, 1, False, r, False, flat=True) for pf in (1, 2)]
-    return out + scratch_configs(L, C, 1, itemsize)
+    return out + single_warp_flat_configs(L, C) + scratch_configs(L, C, 1, itemsize)
+
+
+def single_warp_flat_configs(L: int, C: int) -> list[Any]:
+    """Split forwards of one warp with the exchange through shared memory (``LaunchConfig.flat``):
+    tiles of 32 rows (a row per lane), 1-4 channels per lane, the prefetch 1 or 2 steps ahead; no
+    barrier per step. For few programs (B = 1), where the step's chain sets the time
+    (:func:`latency_configs`)."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+    from cgspn.ops.gspn.triton_split import MAX_SPLIT
+
+    cmax = _next_pow2(C)
+    return [LaunchConfig(k, bc, 1, pf, 1, False, r, False, flat=True)
+            for k, r in _line_tilings(L, (32,), MAX_SPLIT)
+            for bc in sorted({min(cmax, b) for b in (1, 2, 4)}) for pf in (1, 2)]
 
 
 def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
@@ -516,6 +527,7 @@ SWEEP_SET_DOCS = {
     "asmdz": "(backward) the wide configs and blocks inside one gate group, gate-group gradients stored in their own layout",
     "short": "(lines <= 32) the general kernel's and one-tile split configs",
     "inside": "(backward) general blocks inside one gate group",
+    "warp1": "(forward, small batches) one-warp split kernels with the shared-memory exchange, prefetch 1-2",
     "evict": "the heuristic's configs with cache eviction hints (x kept in L2, streamed tensors evicted first)",
     "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
     "flat": "the heuristic's split configs with the wrap-around exchange through shared memory (no scratch)",
@@ -530,6 +542,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "asmdz": (_none, lambda L, C, B, it, GS: asmdz_backward_configs(L, C, GS, B, it)),
     "short": (lambda L, C, B, it, G: short_forward_configs(L, C), lambda L, C, B, it, GS: short_backward_configs(L, C, GS, B, it)),
     "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
+    "warp1": (lambda L, C, B, it, G: single_warp_flat_configs(L, C), _none),
 }
 # --sweep-set NAME: variants of the heuristic's own (forward, backward) config, built from it and the
 # line length: (heuristic config, L) -> configs
