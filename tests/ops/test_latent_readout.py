@@ -70,6 +70,8 @@ def test_latent_readout_half_io(dtype, lead, N):
 
 @needs_triton
 def test_latent_readout_opcheck():
+    import cgspn.ops.latent_readout.op  # noqa: F401  (registers the op; the dispatch imports it lazily)
+
     ins = _inputs((2, 6), 4, 16, 24, torch.float32)
     torch.library.opcheck(torch.ops.cgspn.latent_readout.default, (*[t.detach() for t in ins], 1e-5))
 
