@@ -414,12 +414,15 @@ def test_dispatch_follows_the_measurements():
     for G in (64, 16, 1):  # ~5120 elements of a line step per program (the wide sweep's fastest)
         assert shape(f(32, 74, 74, 64, G, 2)) == (16, 5, 64, 16, 1)
         assert shape(f(32, 74, 74, 64, G, 4)) == (16, 5, 64, 8, 1)
-        assert shape(f(32, 147, 147, 64, G, 2)) == (32, 5, 32, 16, 1)
         assert shape(f(32, 147, 147, 64, G, 4)) == (32, 5, 32, 8, 1)
-    # the exchange through shared memory (seventh session): 147-long lines, bf16 per-channel, fp32 grouped
-    assert [f(32, 147, 147, 64, G, 2).flat for G in (64, 16, 1)] == [True, False, False]
+    # bf16 with gate groups at 147: the shared-memory exchange at half the warps (eighth session)
+    assert [shape(f(32, 147, 147, 64, G, 2)) for G in (64, 16, 1)] == [(32, 5, 32, 16, 1), (32, 5, 32, 8, 1), (32, 5, 32, 8, 1)]
+    # the exchange through shared memory (seventh / eighth sessions): everywhere but bf16 per-channel
+    # gates at 74 and fp32 per-channel gates
+    assert [f(32, 147, 147, 64, G, 2).flat for G in (64, 16, 1)] == [True, True, True]
     assert [f(32, 147, 147, 64, G, 4).flat for G in (64, 16, 1)] == [False, True, True]
-    assert not any(f(32, 74, 74, 64, G, it).flat for G in (64, 16, 1) for it in (2, 4))
+    assert [f(32, 74, 74, 64, G, 2).flat for G in (64, 16, 1)] == [False, True, True]
+    assert not any(f(32, 74, 74, 64, G, 4).flat for G in (64, 16, 1))
     # 16 groups of 48 on lines <= 32: the general kernel's block narrowed inside a group (sixth session)
     assert shape(f(64, 14, 14, 768, 16, 2)) == (16, 0, 16, 1, 2) and shape(f(16, 32, 32, 768, 16, 4)) == (32, 0, 16, 1, 2)
     assert shape(f(64, 14, 14, 768, 64, 2)) == (16, 0, 128, 4, 1)  # groups of 12: no such block, the general one

@@ -208,19 +208,35 @@ def few_programs_forward_config(B: int, L: int, C: int, GS: int, itemsize: int) 
     return LaunchConfig(64, bc, 8, 1, 1, False, -(-L // 64), True, fence=GS == C and C > 1)
 
 
-def _flat_exchange_pays(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> bool:
-    """Whether the scratch forward ``cfg`` runs faster with its wrap-around exchange through shared memory
-    (``LaunchConfig.flat``). Measured on the H200 (seventh session, ``bench op --sweep-set flat``,
-    32 x L x L x 64): on 147-long lines 1.16x with per-channel gates in bf16 (0.820 -> 0.708 ms)
-    and 1.04x with gate groups in fp32 (0.880 -> 0.844 ms with 16 groups, 0.757 -> 0.729 with one);
-    elsewhere it ties or loses, where the kernel already sits at its register cap (the exchange's
-    indices then spill: 74-long lines in bf16 0.167 -> 0.218 ms per-channel, fp32 per-channel
-    1.36 -> 1.42 ms at 147). The L2, not DRAM, is the busiest unit of these forwards (83-91% of its
-    peak, ncu), and the scratch round trip is about a fifth of its traffic. Only the measured
-    tiles: 32-row tiles, prefetch 1 step."""
-    if not (96 < L <= 192 and cfg.block_l == 32 and cfg.prefetch == 1):
-        return False
-    return GS == 1 if itemsize <= 2 else GS > 1
+def _with_flat_exchange(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> LaunchConfig:
+    """The scratch forward ``cfg`` with its wrap-around exchange through shared memory
+    (``LaunchConfig.flat``) where that was measured faster on the H200 (32 x L x L x 64), else ``cfg``:
+
+    * 147-long lines (32-row tiles), bf16 per-channel gates: 1.16x (0.820 -> 0.708 ms, seventh
+      session, ``bench op --sweep-set flat``); fp32 with gate groups 1.04x (0.880 -> 0.844 ms with 16
+      groups, 0.757 -> 0.729 with one);
+    * 147-long lines, bf16 with gate groups, at half the warps (16 -> 8, so the gather's indices do
+      not spill at the 128-register cap): 1.03x with 16 groups (0.541 -> 0.523 ms), 1.01x with one
+      (0.502 -> 0.495; eighth session, kernels timed from launches built once);
+    * 74-long lines (16-row tiles), bf16 with gate groups: 1.02x with 16 groups (0.1305 -> 0.1274 ms),
+      1.04x with one (0.1214 -> 0.1164; eighth session).
+
+    Elsewhere it ties or loses where the kernel already sits at its register cap (the exchange's
+    indices then spill: 74-long lines in bf16 per-channel 0.164 -> 0.217 ms, fp32 per-channel 1.36 ->
+    1.42 ms at 147). The L2, not DRAM, is the busiest unit of these forwards (83-91% of its peak,
+    ncu), and the scratch round trip is about a fifth of its traffic. Only the measured tiles: 16- or
+    32-row tiles, prefetch 1 step."""
+    if cfg.prefetch != 1:
+        return cfg
+    if 96 < L <= 192 and cfg.block_l == 32:
+        if itemsize > 2:
+            return replace(cfg, flat=True) if GS > 1 else cfg
+        if GS == 1:
+            return replace(cfg, flat=True)
+        return replace(cfg, flat=True, num_warps=cfg.num_warps // 2) if cfg.num_warps >= 16 else cfg
+    if 32 < L <= 96 and cfg.block_l == 16 and itemsize <= 2 and GS > 1:
+        return replace(cfg, flat=True)
+    return cfg
 
 
 @lru_cache(maxsize=1024)  # pure in its ints (LaunchConfig is frozen): the op's host path asks it every call
@@ -249,7 +265,7 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
     # SM; with fewer programs only per-channel gates in 2-byte dtypes
     enough = _programs(B, C, min(32, _next_pow2(C))) >= _SM_COUNT_GUESS
     if scratch is not None and (enough or (GS == 1 and itemsize <= 2)):
-        return replace(scratch, flat=True) if _flat_exchange_pays(scratch, L, GS, itemsize) else scratch
+        return _with_flat_exchange(scratch, L, GS, itemsize)
     general = forward_config(L, C, B=B, shared=GS >= 8)
     inside = _narrowed_inside_group(GS, general.block_c) if L <= 32 else None
     if inside is not None:  # one warp, the prefetch 2 steps ahead
