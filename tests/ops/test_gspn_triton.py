@@ -426,6 +426,9 @@ def test_dispatch_follows_the_measurements():
     # 16 groups of 48 on lines <= 32: the general kernel's block narrowed inside a group (sixth session)
     assert shape(f(64, 14, 14, 768, 16, 2)) == (16, 0, 16, 1, 2) and shape(f(16, 32, 32, 768, 16, 4)) == (32, 0, 16, 1, 2)
     assert shape(f(64, 14, 14, 768, 64, 2)) == (16, 0, 128, 4, 1)  # groups of 12: no such block, the general one
+    # per-channel gates on lines <= 16 in bf16: 32-channel blocks (eighth session); fp32 and longer lines keep theirs
+    assert shape(f(64, 14, 14, 768, 768, 2)) == (16, 0, 32, 4, 1)
+    assert shape(f(64, 14, 14, 768, 768, 4)) == (16, 0, 128, 4, 1) and shape(f(16, 32, 32, 768, 768, 2))[2] == 64
     for G, bc in ((64, 4), (16, 8), (1, 4)):  # one image's latent: 64-row tiles, one element per thread
         cfg = f(1, 147, 147, 64, G, 2)
         assert cfg.scratch and (cfg.block_l, cfg.split, cfg.block_c, cfg.num_warps) == (64, 3, bc, 8)
