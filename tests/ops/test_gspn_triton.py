@@ -429,6 +429,9 @@ def test_dispatch_follows_the_measurements():
     # per-channel gates on lines <= 16 in bf16: 32-channel blocks (eighth session); fp32 and longer lines keep theirs
     assert shape(f(64, 14, 14, 768, 768, 2)) == (16, 0, 32, 4, 1)
     assert shape(f(64, 14, 14, 768, 768, 4)) == (16, 0, 128, 4, 1) and shape(f(16, 32, 32, 768, 768, 2))[2] == 64
+    # per-channel gates on lines of 17-24 in bf16: the one-tile split kernel with the scratch (eighth session)
+    assert shape(f(32, 24, 24, 768, 768, 2)) == (32, 1, 64, 8, 1) and f(32, 24, 24, 768, 768, 2).scratch
+    assert f(32, 24, 24, 768, 768, 4).split == 0 and f(16, 32, 32, 768, 768, 2).split == 0 and f(1, 24, 24, 64, 64, 2).split == 0
     for G, bc in ((64, 4), (16, 8), (1, 4)):  # one image's latent: 64-row tiles, one element per thread
         cfg = f(1, 147, 147, 64, G, 2)
         assert cfg.scratch and (cfg.block_l, cfg.split, cfg.block_c, cfg.num_warps) == (64, 3, bc, 8)
@@ -656,3 +659,21 @@ def test_channel_blocks_inside_or_holding_whole_gate_groups(GS, bc, want, reduce
 
     assert TB._inside_or_whole_groups(GS, bc) == want
     assert TB._reduces_in_block(GS, want) is reduces
+
+
+@pytest.mark.parametrize("C,chunk", [(64, None), (72, 5)])
+def test_the_dispatch_one_tile_split_forward_for_24_long_lines(C, chunk):
+    """The config gspn2d's forward takes for bf16 per-channel gates on lines of 17-24 (the one-tile split
+    kernel with the scratch exchange, eighth session), applied to a small awkward input: odd sides,
+    a partial channel block, windows."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    cfg = TB.gspn2d_forward_config(32, 24, 24, 768, 768, 2)
+    assert cfg.split == 1 and cfg.scratch
+    g = torch.Generator().manual_seed(11)
+    B, H, W = 1, 17, 23
+    x, lam = torch.randn(B, H, W, C, generator=g), torch.rand(B, H, W, 4, C, generator=g)
+    z, u = torch.randn(B, H, W, 4, 3, C, generator=g), torch.randn(B, H, W, 4, C, generator=g)
+    want = gspn2d(*(t.double() for t in (x, lam, z)), u=u.double(), chunk=chunk, backend="reference")
+    y, _ = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam, z, u)), chunk, False, cfg)
+    assert_close("y", y.cpu(), want, 1e-5)

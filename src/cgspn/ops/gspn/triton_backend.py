@@ -276,6 +276,13 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
         # 64 x 14 x 14 x 768 bf16 0.150 ms against 0.167 for the 128-channel block (1.11x); at
         # 16 x 32 x 32 the 64-channel block stays the fastest
         return replace(general, block_c=32, num_warps=4)
+    if 16 < L <= 24 and GS == 1 and itemsize <= 2 and C >= 64 and _programs(B, C, 64) >= _SM_COUNT_GUESS:
+        # per-channel gates on lines of 17-24 in 2-byte dtypes: the one-tile split kernel with the scratch
+        # exchange, 64 channels, 8 warps. Measured on the H200 (eighth session, --sweep-set short timed
+        # kernel-only; outputs within 7e-4 of the general kernel's): 32 x 24 x 24 x 768 bf16 0.238 ms
+        # against 0.272 (1.14x). At 16 x 32 x 32 x 768 it was 5% slower than the general kernel, so
+        # lines of 25-32 keep that; not yet confirmed in the benchmark table
+        return LaunchConfig(32, 64, 8, 1, 1, False, 1, True)
     return general
 
 
