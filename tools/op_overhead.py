@@ -123,6 +123,16 @@ def main() -> None:
     rows["eager Function with timers: forward + torch.autograd.grad"] = total
     rows["  of which inside the forward body"] = spent["fwd"] / n * 1e6
     rows["  of which inside the backward body"] = spent["bwd"] / n * 1e6
+    # the backward's host work timed alone, but each call after an unrelated autograd forward + backward
+    # (the empty Function): does code amid other code run slower than looped alone (cold caches)?
+    total_s = 0.0
+    for _ in range(args.iters):
+        torch.autograd.grad(_Empty.apply(*xs), xs, dy)
+        _sync(device)
+        t0 = time.perf_counter()
+        TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, None)
+        total_s += time.perf_counter() - t0
+    rows["backward: build + launch + partial sums, each call after an empty autograd step"] = total_s / args.iters * 1e6
     # the backward's host work on another Python thread (as the engine's device thread runs it)
     import threading
 
