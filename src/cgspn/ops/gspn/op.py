@@ -82,12 +82,21 @@ def _gspn2d_setup(ctx, inputs, output):
     ctx.save_for_backward(x, lam, z, u, state)
 
 
-def _gspn2d_backward(ctx, dy, _dh):
+def _gspn2d_grads(ctx, dy, registered: bool):
+    """(dx, dlam, dz, du or None) from what ``_gspn2d_setup`` saved: through the registered backward op
+    (the custom op's autograd) or its launches directly (the eager path)."""
     x, lam, z, u, state = ctx.saved_tensors
     if ctx.has_u and state.numel() == 0 and x.numel() > 0:
         raise RuntimeError("gspn2d: the forward ran without saving its state (save_h=False); cannot backpropagate")
-    dx, dlam, dz, du = _gspn2d_bwd(dy, x, lam, z, u, state, ctx.chunk, ctx.lam_logits)
-    return dx, dlam, dz, (du if ctx.has_u else None), None, None, None
+    if registered:
+        dx, dlam, dz, du = _gspn2d_bwd(dy, x, lam, z, u, state, ctx.chunk, ctx.lam_logits)
+    else:
+        dx, dlam, dz, du = TB.gspn2d_bwd_triton(dy, x, lam, z, u, state, _chunk(ctx.chunk), lam_logits=ctx.lam_logits)
+    return dx, dlam, dz, (du if ctx.has_u else None)
+
+
+def _gspn2d_backward(ctx, dy, _dh):
+    return (*_gspn2d_grads(ctx, dy, registered=True), None, None, None)
 
 
 _gspn2d_fwd.register_autograd(_gspn2d_backward, setup_context=_gspn2d_setup)
@@ -100,16 +109,13 @@ class _Gspn2dEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lam, gate_logits, u, chunk: int, lam_logits: bool):  # type: ignore[override]
         y, h = TB.gspn2d_fwd_triton(x, lam, gate_logits, u, _chunk(chunk), True, lam_logits=lam_logits)
-        ctx.chunk, ctx.lam_logits, ctx.has_u = chunk, lam_logits, u is not None
-        ctx.save_for_backward(x, lam, gate_logits, u, h if u is not None else y)  # without u, y is the state
+        _gspn2d_setup(ctx, (x, lam, gate_logits, u, chunk, True, lam_logits), (y, h))
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the backward kernel has no derivative of its own
     def backward(ctx, dy):  # type: ignore[override]
-        x, lam, z, u, state = ctx.saved_tensors
-        dx, dlam, dz, du = TB.gspn2d_bwd_triton(dy, x, lam, z, u, state, _chunk(ctx.chunk), lam_logits=ctx.lam_logits)
-        return dx, dlam, dz, (du if ctx.has_u else None), None, None
+        return (*_gspn2d_grads(ctx, dy, registered=False), None, None)
 
 
 def gspn2d_triton(
@@ -168,10 +174,18 @@ def _line_scan_setup(ctx, inputs, output):
     ctx.save_for_backward(x, lam, g1, g2, g3, output)
 
 
-def _line_scan_backward(ctx, dy):
+def _line_scan_grads(ctx, dy, registered: bool):
+    """(dx, dlam, dg1, dg2, dg3, None) from what ``_line_scan_setup`` saved, as :func:`_gspn2d_grads`."""
     x, lam, g1, g2, g3, h = ctx.saved_tensors
-    dx, dlam, dg = _line_scan_bwd(dy, x, lam, g1, g2, g3, h, ctx.chunk)
+    if registered:
+        dx, dlam, dg = _line_scan_bwd(dy, x, lam, g1, g2, g3, h, ctx.chunk)
+    else:
+        dx, dlam, dg = TB.line_scan_bwd_triton(dy, x, lam, g1, g2, g3, h, _chunk(ctx.chunk))
     return dx, dlam, dg[0], dg[1], dg[2], None
+
+
+def _line_scan_backward(ctx, dy):
+    return _line_scan_grads(ctx, dy, registered=True)
 
 
 _line_scan_fwd.register_autograd(_line_scan_backward, setup_context=_line_scan_setup)
@@ -183,16 +197,13 @@ class _LineScanEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lam, g1, g2, g3, chunk: int):  # type: ignore[override]
         h = TB.line_scan_fwd_triton(x, lam, g1, g2, g3, _chunk(chunk))
-        ctx.chunk = chunk
-        ctx.save_for_backward(x, lam, g1, g2, g3, h)
+        _line_scan_setup(ctx, (x, lam, g1, g2, g3, chunk), h)
         return h
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):  # type: ignore[override]
-        x, lam, g1, g2, g3, h = ctx.saved_tensors
-        dx, dlam, dg = TB.line_scan_bwd_triton(dy, x, lam, g1, g2, g3, h, _chunk(ctx.chunk))
-        return dx, dlam, dg[0], dg[1], dg[2], None
+        return _line_scan_grads(ctx, dy, registered=False)
 
 
 def line_scan_triton(
