@@ -583,16 +583,9 @@ def sweep_backward_configs(L: int, C: int, GS: int, B: int = 32, itemsize: int =
     return out
 
 
-def _compiled_resources(which: str, cfg: Any, x, lam, z, u, dy, h, chunk) -> dict[str, int]:
-    """Registers and spills per thread of the kernel a swept config compiled to (one more launch;
+def _compiled_resources(compiled: Any) -> dict[str, int]:
+    """Registers and spills per thread of a launch's compiled kernel (what Triton's launch returned;
     empty under the interpreter, which compiles nothing)."""
-    from cgspn.ops.gspn import triton_backend as TB
-
-    if which == "fwd":
-        launch = TB.gspn2d_fwd_launch(x, lam, z, u, chunk, False, cfg)[0]
-    else:
-        launch = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, chunk, cfg)[0]
-    compiled = launch.launch() if launch is not None else None
     out = {}
     for key in ("n_regs", "n_spills"):
         value = getattr(compiled, key, None)
@@ -693,27 +686,25 @@ def run(args: argparse.Namespace) -> int:
                         "bwd": [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk) if t is not None]}
                 _ramp_clocks(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False), device)
                 for which, cfg in cases:
-                    if which == "fwd":
-                        call = lambda: [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, cfg)[0]]
-                    else:
-                        call = lambda: [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk, cfg) if t is not None]
                     extra = {}
                     try:
-                        # every swept config must agree with the heuristic's outputs (a fast wrong config is no result)
-                        diff = max(float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-12))
-                                   for a, b in zip(call(), want[which]))
-                        # timed from a launch built once: the kernel's GPU time, not the host's build of
-                        # the launch (~0.1-0.2 ms on the H200's host, longer than the fastest kernels)
+                        # built once: the timings are the kernel's GPU time, not the host's build of the
+                        # launch (~0.1-0.2 ms on the H200's host, longer than the fastest kernels)
                         if which == "fwd":
-                            launch = TB.gspn2d_fwd_launch(x, lam, z, u, args.chunk, False, cfg)[0]
-                            ms = time_fn(launch.launch, warmup=args.warmup, iters=args.iters, device=device)
+                            launch, y, _ = TB.gspn2d_fwd_launch(x, lam, z, u, args.chunk, False, cfg)
+                            outputs = lambda: [y]
                         else:
                             launch, sums = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, args.chunk, cfg)
-                            ms = time_fn(launch.launch, warmup=args.warmup, iters=args.iters, device=device)
-                            # with the caller's sums of the partials, which depend on the config's reduction mode
+                            outputs = lambda: [t for t in sums() if t is not None]
+                        compiled = launch.launch()
+                        # every swept config must agree with the heuristic's outputs (a fast wrong config is no result)
+                        diff = max(float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-12))
+                                   for a, b in zip(outputs(), want[which]))
+                        ms = time_fn(launch.launch, warmup=args.warmup, iters=args.iters, device=device)
+                        if which == "bwd":  # with the caller's sums of the partials, which depend on the config's reduction mode
                             extra["bwd_with_sums_ms"] = time_fn(lambda: (launch.launch(), sums()), warmup=args.warmup,
                                                                 iters=args.iters, device=device)
-                        resources = _compiled_resources(which, cfg, x, lam, z, u, dy, h, args.chunk)
+                        resources = _compiled_resources(compiled)
                     except Exception as e:  # a config that fails to compile (resources) is reported, not fatal
                         sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
                                        "error": str(e)[:200]})
