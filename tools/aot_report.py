@@ -28,6 +28,7 @@ you want to see (the H200 has 3.6; pip may bring a newer one here).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -102,20 +103,23 @@ def sass_loop(cubin: bytes) -> dict[str, Any]:
         f.flush()
         out = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True).stdout
     seq = [(int(m[1], 16), m[2].strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", out)]
+    # the whole kernel's instruction stream, hashed: equal digests = the same machine code (a
+    # refactor of the kernel source that should not change it can be checked without a GPU)
+    digest = hashlib.sha256("\n".join(ins for _, ins in seq).encode()).hexdigest()[:16]
     best = None
     for addr, ins in seq:
         b = re.search(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", ins)
         if b and int(b[1], 16) < addr and (best is None or addr - int(b[1], 16) > best[1] - best[0]):
             best = (int(b[1], 16), addr)
     if best is None:
-        return {}
+        return {"sass_sha256": digest}
     body = [ins for addr, ins in seq if best[0] <= addr <= best[1]]
     ops = [re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0] for ins in body]
     hist: dict[str, int] = {}
     for op in ops:
         hist[op] = hist.get(op, 0) + 1
     where = lambda name: [round(i / max(1, len(ops) - 1), 2) for i, op in enumerate(ops) if op == name]
-    return {"loop_sass_instructions": len(body), "loop_opcodes": dict(sorted(hist.items(), key=lambda kv: -kv[1])[:12]),
+    return {"sass_sha256": digest, "loop_sass_instructions": len(body), "loop_opcodes": dict(sorted(hist.items(), key=lambda kv: -kv[1])[:12]),
             "loop_ldg_at": where("LDG"), "loop_stg_at": where("STG"), "loop_bar_at": where("BAR")}
 
 
@@ -223,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"regs {r.get('registers')} stack {r.get('stack_bytes')} B shared {r['dynamic_shared_bytes']} B | loop: "
                   f"{r['layout_conversions_in_loop']} layout conversions | whole kernel (prologue + loop): {r['shuffles']} shuffles, "
                   f"{r['barriers']} barriers, loads {r['global_loads']}", flush=True)
+            if "sass_sha256" in r:
+                print(f"    SASS sha256 {r['sass_sha256']}", flush=True)
             if "loop_sass_instructions" in r:
                 span = lambda v: f"{v[0]:.0%}-{v[-1]:.0%}" if v else "-"
                 print(f"    loop SASS: {r['loop_sass_instructions']} instructions ({r['loop_sass_per_element']} per element), "

@@ -282,6 +282,11 @@ SPLIT_CASES = [
     ((2, 5, 7, 8, 8, 3, True), (2, 8, 2, 4, 1, True, 0, True)),  # windows, no prefetch
     ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1, True, 2, True)),  # masked channels, prefetch 2
     ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2, 1, False, 0, True)),  # the shuffle exchange
+    # (..., fence, flat): the wrap-around through a gather of the flattened tile (shared memory)
+    ((1, 7, 9, 8, 2, None, True), (4, 8, 2, 3, 1, True, 1, False, True)),  # tiles across 2 warps
+    ((2, 5, 7, 8, 8, 3, True), (2, 8, 1, 4, 1, True, 2, False, True)),  # per-channel, windows, prefetch 2
+    ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2, 1, True, 0, False, True)),  # shared gates, no prefetch
+    ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, True, 1, False, True)),  # one tile (R = 1)
 ]
 
 
@@ -295,8 +300,8 @@ def test_split_forward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, _ = _split_case_inputs(case, seed=7)
     rows, bc, warps, tiles, *rest = cfg
-    stages, scratch, prefetch, fence = rest + [1, False, 0, False][len(rest):]
-    config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch, fence=fence)
+    stages, scratch, prefetch, fence, flat = rest + [1, False, 0, False, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch, fence=fence, flat=flat)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     y, hs = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam_in, z)), None if u is None else u.to(DEVICE), chunk,
                                  True, config, lam_logits=lam_logits)
@@ -355,6 +360,11 @@ SPLIT_BWD_CASES = [
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, False, True)),  # mode 1, R = 1
     ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1, False, True)),  # mode 2: not used
     ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True, True)),  # mode 3, fenced
+    # (..., fence, asm_dz, flat): the wrap-around through a gather of the flattened tile
+    ((1, 7, 9, 8, 8, None, True), (4, 8, 2, 3, 1, False, False, True)),  # mode 0, tiles across 2 warps
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, False, True)),  # mode 1, windows, no prefetch
+    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, False, True, True)),  # mode 3
+    ((2, 11, 4, 8, 8, None, True), (16, 8, 4, 1, 1, False, False, True)),  # one tile (R = 1), as ViT-B's
 ]
 
 
@@ -368,8 +378,8 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, dy = _split_case_inputs(case, seed=11)
     rows, bc, warps, tiles, pf, *rest = cfg
-    fence, asm_dz = rest + [False, False][len(rest):]
-    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, fence=fence, asm_dz=asm_dz)
+    fence, asm_dz, flat = rest + [False, False, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, fence=fence, asm_dz=asm_dz, flat=flat)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     dev = lambda t: None if t is None else t.to(DEVICE)
     h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")  # the forward state

@@ -65,7 +65,7 @@ class LaunchConfig:
         ``evict_last``; the tensors each program streams once (lam, u, the logits, dy and the
         outputs) ``evict_first``, so that the L2 keeps x between its four reads;
     flat: split kernels: the two wrap-around neighbours by a gather of the flattened tile, through
-        shared memory (``triton_kernels._flat_shift_prev``), instead of the scratch or warp shuffles.
+        shared memory (``triton_kernels._flat_shift``), instead of the scratch or warp shuffles.
     """
 
     block_l: int

@@ -66,24 +66,21 @@ def _shift_next(v, idx, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _flat_shift_prev(v, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[i] = v[i-1] (out[0] = 0) along axis 0 of a [BLOCK_L, BLOCK_C] tile, as a gather of the
-    flattened tile: Triton gives a rank-2 gather a warp-local layout of its own (rows on the lanes,
-    which conflicts with the channels-last loads and costs layout conversions), while a rank-1
-    gather keeps the tile's layout and goes through shared memory."""
+def _flat_shift(v, BY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[i] = v[i + BY] along axis 0 of a [BLOCK_L, BLOCK_C] tile (BY = -1 or +1), zero where i + BY
+    falls outside the tile, as a gather of the flattened tile: Triton gives a rank-2 gather a
+    warp-local layout of its own (rows on the lanes, which conflicts with the channels-last loads and
+    costs layout conversions), while a rank-1 gather keeps the tile's layout and goes through shared
+    memory."""
     N: tl.constexpr = BLOCK_L * BLOCK_C
     j = tl.arange(0, N)
-    g = tl.gather(tl.reshape(v, [N]), tl.maximum(j - BLOCK_C, 0), 0)
-    return tl.reshape(tl.where(j >= BLOCK_C, g, 0.0), [BLOCK_L, BLOCK_C])
-
-
-@triton.jit
-def _flat_shift_next(v, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[i] = v[i+1] (out[BLOCK_L-1] = 0) along axis 0, as :func:`_flat_shift_prev`."""
-    N: tl.constexpr = BLOCK_L * BLOCK_C
-    j = tl.arange(0, N)
-    g = tl.gather(tl.reshape(v, [N]), tl.minimum(j + BLOCK_C, N - 1), 0)
-    return tl.reshape(tl.where(j < N - BLOCK_C, g, 0.0), [BLOCK_L, BLOCK_C])
+    if BY < 0:
+        g = tl.gather(tl.reshape(v, [N]), tl.maximum(j - BLOCK_C, 0), 0)
+        keep = j >= BLOCK_C
+    else:
+        g = tl.gather(tl.reshape(v, [N]), tl.minimum(j + BLOCK_C, N - 1), 0)
+        keep = j < N - BLOCK_C
+    return tl.reshape(tl.where(keep, g, 0.0), [BLOCK_L, BLOCK_C])
 
 
 @triton.jit

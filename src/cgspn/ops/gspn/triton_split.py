@@ -25,7 +25,7 @@ With ``scratch=True`` the two wrap-around neighbours go through a small double-b
 buffer (one barrier per step) instead of shuffles, so a tile may span many warps and a thread
 holds 1-2 elements per tile. :func:`split_backward_source` is the reverse walk with the same
 exchange. With ``flat=True`` the two neighbours come instead from a gather of the flattened tile
-(``triton_kernels._flat_shift_prev``), which Triton lowers through shared memory in the tile's own
+(``triton_kernels._flat_shift``), which Triton lowers through shared memory in the tile's own
 layout: no round trip through the L2, which is the busiest unit of these forwards (seventh session).
 
 Measured on the H200 (docs/benchmarks.md): with the shuffle exchange, faster than the general
@@ -182,7 +182,7 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     step's inputs then stay live through the math) and 1.03-1.07x faster only with one shared
     gate group in bf16 (docs/benchmarks.md, fifth session).
     ``flat``: the wrap-around neighbours by a gather of the flattened tile, through shared memory
-    (``triton_kernels._flat_shift_prev``), not the scratch; like the scratch, tiles may span warps.
+    (``triton_kernels._flat_shift``), not the scratch; like the scratch, tiles may span warps.
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -241,8 +241,8 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
         a("        up0 = tl.load(prv + so - BLOCK_C, mask=up_ok & started, other=0.0)")
         a(f"        dn{R - 1} = tl.load(prv + {'KC + ' if R > 1 else ''}so + BLOCK_C, mask=dn_ok & started, other=0.0)")
     elif flat:
-        a(f"        up0 = _flat_shift_prev(h{R - 1}, BLOCK_K, BLOCK_C)")
-        a(f"        dn{R - 1} = _flat_shift_next(h0, BLOCK_K, BLOCK_C)")
+        a(f"        up0 = _flat_shift(h{R - 1}, -1, BLOCK_K, BLOCK_C)")
+        a(f"        dn{R - 1} = _flat_shift(h0, 1, BLOCK_K, BLOCK_C)")
     else:
         a(f"        up0 = _shift_prev(h{R - 1}, kk, BLOCK_K, BLOCK_C)")
         a(f"        dn{R - 1} = _shift_next(h0, kk, BLOCK_K, BLOCK_C)")
@@ -299,8 +299,7 @@ def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetc
         "_lam": K._lam,
         "_shift_prev": K._shift_prev,
         "_shift_next": K._shift_next,
-        "_flat_shift_prev": K._flat_shift_prev,
-        "_flat_shift_next": K._flat_shift_next,
+        "_flat_shift": K._flat_shift,
     }
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch, fence, flat)])
@@ -406,8 +405,8 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     a(f"        hpd{R - 1} = tl.where(okp, hqdc.to(tl.float32), 0.0)")
     # q of the step after, shifted: through the scratch (or shared memory) for the wrap-around tiles
     if flat:
-        a(f"        q3u0 = _flat_shift_prev(q3_{R - 1}, BLOCK_K, BLOCK_C)")
-        a(f"        q1d{R - 1} = _flat_shift_next(q1_0, BLOCK_K, BLOCK_C)")
+        a(f"        q3u0 = _flat_shift(q3_{R - 1}, -1, BLOCK_K, BLOCK_C)")
+        a(f"        q1d{R - 1} = _flat_shift(q1_0, 1, BLOCK_K, BLOCK_C)")
     else:
         a("        prv = sb + ((it + 1) % 2) * (2 * KC)")
         a("        started = it > 0")
@@ -474,7 +473,7 @@ def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False, flat: 
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
              "_lam": K._lam, "_group_sum": K._group_sum, "_store_gate_grads": K._store_gate_grads,
-             "_flat_shift_prev": K._flat_shift_prev, "_flat_shift_next": K._flat_shift_next}
+             "_flat_shift": K._flat_shift}
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[_bwd_name(R, prefetch, fence, flat)])
 
