@@ -52,7 +52,6 @@ def copy_bandwidth_gbs(device: torch.device | str = "cuda", nbytes: int = 2 << 3
     a = torch.empty(n, dtype=torch.float32, device=device).normal_()
     b = torch.empty_like(a)
     ms = time_fn(lambda: b.copy_(a), warmup=3, iters=20, device=device)
-    del a, b
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 

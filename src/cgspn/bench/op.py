@@ -632,10 +632,138 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def _sweep_shape(args: argparse.Namespace, device: torch.device, shape: tuple[int, int, int, int], G: int, dname: str,
+                 tensors: tuple[Any, ...], nbytes: dict[str, int], with_u: bool) -> list[dict[str, Any]]:
+    """``--sweep`` on one shape: every config of the chosen set (the heuristic's first), each checked
+    against the heuristic's outputs and timed from a launch built once. Returns the sweep rows."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W, C = shape
+    x, lam, z, u, dy = tensors
+    dtype = DTYPES[dname]
+    sweeps: list[dict[str, Any]] = []
+    _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
+    h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
+    passes = {t.strip() for t in args.sweep_passes.split(",")}
+    L, it = max(H, W), dtype.itemsize
+    heuristic_f = TB.gspn2d_forward_config(B, H, W, C, G, it)
+    heuristic_b = TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]
+    if args.sweep_set in SWEEP_SETS:  # the heuristic's configs first, then the set's
+        fwd_set, bwd_set = SWEEP_SETS[args.sweep_set]
+        fwd_cfgs = [heuristic_f] + fwd_set(L, C, B, it, G)
+    elif args.sweep_set in VARIANT_SETS:
+        fwd_set, bwd_set = VARIANT_SETS[args.sweep_set]
+        fwd_cfgs = [heuristic_f] + fwd_set(heuristic_f, L)
+    else:
+        fwd_cfgs = sweep_configs(L, C, B, (C // G) >= 8, it)
+    cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
+    if args.sweep_limit > 0:
+        cases = cases[: args.sweep_limit]
+    if "bwd" in passes:
+        if args.sweep_set in SWEEP_SETS:
+            bwd_cfgs = [heuristic_b] + bwd_set(L, C, B, it, C // G)
+        elif args.sweep_set in VARIANT_SETS:
+            bwd_cfgs = [heuristic_b] + bwd_set(heuristic_b, L)
+        else:
+            bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
+        bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]
+        cases += bwd_cases[: args.sweep_limit] if args.sweep_limit > 0 else bwd_cases
+    if args.compile_workers > 0 and cases:
+        secs, failed = precompile(shape, G, dname, with_u, args.chunk, cases, args.compile_workers, str(device))
+        print(f"# compiled {len(cases)} configs in {secs:.0f} s ({args.compile_workers} workers), "
+              f"{len(failed)} failed (reported again when timed)", flush=True)
+    want = {"fwd": [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]],
+            "bwd": [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk) if t is not None]}
+    _ramp_clocks(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False), device)
+    for which, cfg in cases:
+        extra = {}
+        try:
+            # built once: the timings are the kernel's GPU time, not the host's build of the
+            # launch (~0.1-0.2 ms on the H200's host, longer than the fastest kernels)
+            if which == "fwd":
+                launch, y, _ = TB.gspn2d_fwd_launch(x, lam, z, u, args.chunk, False, cfg)
+                outputs = lambda: [y]
+            else:
+                launch, sums = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, args.chunk, cfg)
+                outputs = lambda: [t for t in sums() if t is not None]
+            compiled = launch.launch()
+            # every swept config must agree with the heuristic's outputs (a fast wrong config is no result)
+            diff = max(float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-12))
+                       for a, b in zip(outputs(), want[which]))
+            ms = time_fn(launch.launch, warmup=args.warmup, iters=args.iters, device=device)
+            if which == "bwd":  # with the caller's sums of the partials, which depend on the config's reduction mode
+                extra["bwd_with_sums_ms"] = time_fn(lambda: (launch.launch(), sums()), warmup=args.warmup,
+                                                    iters=args.iters, device=device)
+            resources = _compiled_resources(compiled)
+        except Exception as e:  # a config that fails to compile (resources) is reported, not fatal
+            sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
+                           "error": str(e)[:200]})
+            continue
+        gbs = nbytes[which] / ms / 1e6
+        sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
+                       f"{which}_ms": ms, f"{which}_gbs": gbs, **extra, "rel_diff_vs_heuristic": diff, **resources,
+                       "agrees": diff <= SWEEP_AGREEMENT[dname],
+                       "heuristic": cfg == (heuristic_f if which == "fwd" else heuristic_b)})
+        print(f"sweep {which} {B},{H},{W},{C} G={G} {dname} {cfg}: {ms:.4f} ms ({gbs:.0f} GB/s), "
+              f"max |diff| / max |heuristic| {diff:.1e}, {resources}", flush=True)
+    return sweeps
+
+
+def _bench_shape(args: argparse.Namespace, device: torch.device, shape: tuple[int, int, int, int], G: int, dname: str,
+                 tensors: tuple[Any, ...], nbytes: dict[str, int], with_u: bool, copy_gbs: float | None) -> dict[str, Any]:
+    """The benchmark row of one shape: the public op per call, the dispatched kernels alone, the
+    general kernel, the backward, and (unless ``--no-baseline``) the per-line reference loop."""
     from cgspn.ops import gspn2d
     from cgspn.ops.gspn import triton_backend as TB
 
+    B, H, W, C = shape
+    x, lam, z, u, dy = tensors
+    dtype = DTYPES[dname]
+    fwd = lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="triton")
+    ms_f = time_fn(fwd, warmup=args.warmup, iters=args.iters, device=device)
+    general = TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8)  # the pre-split kernel, same run
+    ms_g = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, general), warmup=args.warmup, iters=args.iters, device=device)
+    _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
+    h = hs if hs is not None else fwd()
+    # what an eager backward runs (op.py's autograd.Function: the launch and the partial sums)
+    ms_b = time_fn(lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk), warmup=args.warmup, iters=args.iters, device=device)
+    # the dispatched kernels alone, launches built once: the GPU time when the op path's host work
+    # (checks, strides, allocations: ~0.2 ms per call on the H200's host) is longer than the kernel
+    launch_f, _, _ = TB.gspn2d_fwd_launch(x, lam, z, u, args.chunk, False)
+    launch_b, _ = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, args.chunk)
+    ms_fk = time_fn(launch_f.launch, warmup=args.warmup, iters=args.iters, device=device) if launch_f else ms_f
+    ms_bk = time_fn(launch_b.launch, warmup=args.warmup, iters=args.iters, device=device) if launch_b else ms_b
+    row: dict[str, Any] = {
+        "B": B, "H": H, "W": W, "C": C, "G": G, "dtype": dname, "u": with_u, "chunk": args.chunk,
+        "fwd_ms": ms_f, "bwd_ms": ms_b, "fwd_kernel_ms": ms_fk, "bwd_kernel_ms": ms_bk,
+        "fwd_general_ms": ms_g, "gain_vs_general": ms_g / ms_fk,
+        "fwd_MB": nbytes["fwd"] / 1e6, "bwd_MB": nbytes["bwd"] / 1e6,
+        "fwd_GBs": nbytes["fwd"] / ms_f / 1e6, "bwd_GBs": nbytes["bwd"] / ms_b / 1e6,
+        "fwd_config": TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize).__dict__,
+        "bwd_config": TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0].__dict__,
+    }
+    if copy_gbs:
+        row["fwd_pct_copy"] = 100 * row["fwd_GBs"] / copy_gbs
+        row["bwd_pct_copy"] = 100 * row["bwd_GBs"] / copy_gbs
+        row["fwd_kernel_pct_copy"] = 100 * nbytes["fwd"] / ms_fk / 1e6 / copy_gbs
+        row["bwd_kernel_pct_copy"] = 100 * nbytes["bwd"] / ms_bk / 1e6 / copy_gbs
+    if not args.no_baseline and B * H * W * 4 * C <= args.baseline_max_elems:
+        ref_f = time_fn(lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="reference"), warmup=1, iters=3, device=device)
+        xs = [t.detach().requires_grad_() for t in (x, lam, z)] + ([u.detach().requires_grad_()] if u is not None else [])
+
+        def ref_fb():
+            y = gspn2d(xs[0], xs[1], xs[2], u=xs[3] if u is not None else None, chunk=args.chunk, backend="reference")
+            torch.autograd.grad(y, xs, dy)
+
+        ref_fb_ms = time_fn(ref_fb, warmup=1, iters=3, device=device)
+        row["loop_fwd_ms"] = ref_f
+        row["loop_fwd_bwd_ms"] = ref_fb_ms
+        row["speedup_fwd"] = ref_f / ms_f
+        row["speedup_fwd_bwd"] = ref_fb_ms / (ms_f + ms_b)
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device here (the fused kernel needs a GPU)")
@@ -646,121 +774,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"# device {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, copy bandwidth {copy_gbs and round(copy_gbs)} GB/s", flush=True)
     rows, sweeps = [], []
     for (B, H, W, C), dname in itertools.product(_parse_shapes(args.shapes), args.dtypes.split(",")):
-        dtype = DTYPES[dname]
         for gtxt in args.groups.split(","):
             G = C if gtxt.strip() == "C" else int(gtxt)
-            x, lam, z, u, dy = _inputs(B, H, W, C, G, dtype, device, with_u)
-            nbytes = op_bytes(B, H, W, C, G, dtype.itemsize, with_u)
+            tensors = _inputs(B, H, W, C, G, DTYPES[dname], device, with_u)  # x, lam, z, u, dy
+            nbytes = op_bytes(B, H, W, C, G, DTYPES[dname].itemsize, with_u)
             if args.sweep:
-                _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
-                h = hs if hs is not None else TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]
-                passes = {t.strip() for t in args.sweep_passes.split(",")}
-                L, it = max(H, W), dtype.itemsize
-                heuristic_f = TB.gspn2d_forward_config(B, H, W, C, G, it)
-                heuristic_b = TB.backward_config(L, C, C // G, B=B, itemsize=it)[0]
-                if args.sweep_set in SWEEP_SETS:  # the heuristic's configs first, then the set's
-                    fwd_set, bwd_set = SWEEP_SETS[args.sweep_set]
-                    fwd_cfgs = [heuristic_f] + fwd_set(L, C, B, it, G)
-                elif args.sweep_set in VARIANT_SETS:
-                    fwd_set, bwd_set = VARIANT_SETS[args.sweep_set]
-                    fwd_cfgs = [heuristic_f] + fwd_set(heuristic_f, L)
-                else:
-                    fwd_cfgs = sweep_configs(L, C, B, (C // G) >= 8, it)
-                cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
-                if args.sweep_limit > 0:
-                    cases = cases[: args.sweep_limit]
-                if "bwd" in passes:
-                    if args.sweep_set in SWEEP_SETS:
-                        bwd_cfgs = [heuristic_b] + bwd_set(L, C, B, it, C // G)
-                    elif args.sweep_set in VARIANT_SETS:
-                        bwd_cfgs = [heuristic_b] + bwd_set(heuristic_b, L)
-                    else:
-                        bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
-                    bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]
-                    cases += bwd_cases[: args.sweep_limit] if args.sweep_limit > 0 else bwd_cases
-                if args.compile_workers > 0 and cases:
-                    secs, failed = precompile((B, H, W, C), G, dname, with_u, args.chunk, cases, args.compile_workers, str(device))
-                    print(f"# compiled {len(cases)} configs in {secs:.0f} s ({args.compile_workers} workers), "
-                          f"{len(failed)} failed (reported again when timed)", flush=True)
-                want = {"fwd": [TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False)[0]],
-                        "bwd": [t for t in TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk) if t is not None]}
-                _ramp_clocks(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False), device)
-                for which, cfg in cases:
-                    extra = {}
-                    try:
-                        # built once: the timings are the kernel's GPU time, not the host's build of the
-                        # launch (~0.1-0.2 ms on the H200's host, longer than the fastest kernels)
-                        if which == "fwd":
-                            launch, y, _ = TB.gspn2d_fwd_launch(x, lam, z, u, args.chunk, False, cfg)
-                            outputs = lambda: [y]
-                        else:
-                            launch, sums = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, args.chunk, cfg)
-                            outputs = lambda: [t for t in sums() if t is not None]
-                        compiled = launch.launch()
-                        # every swept config must agree with the heuristic's outputs (a fast wrong config is no result)
-                        diff = max(float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-12))
-                                   for a, b in zip(outputs(), want[which]))
-                        ms = time_fn(launch.launch, warmup=args.warmup, iters=args.iters, device=device)
-                        if which == "bwd":  # with the caller's sums of the partials, which depend on the config's reduction mode
-                            extra["bwd_with_sums_ms"] = time_fn(lambda: (launch.launch(), sums()), warmup=args.warmup,
-                                                                iters=args.iters, device=device)
-                        resources = _compiled_resources(compiled)
-                    except Exception as e:  # a config that fails to compile (resources) is reported, not fatal
-                        sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
-                                       "error": str(e)[:200]})
-                        continue
-                    gbs = nbytes[which] / ms / 1e6
-                    sweeps.append({"shape": [B, H, W, C], "G": G, "dtype": dname, "pass": which, "config": cfg.__dict__,
-                                   f"{which}_ms": ms, f"{which}_gbs": gbs, **extra, "rel_diff_vs_heuristic": diff, **resources,
-                                   "agrees": diff <= SWEEP_AGREEMENT[dname],
-                                   "heuristic": cfg == (heuristic_f if which == "fwd" else heuristic_b)})
-                    print(f"sweep {which} {B},{H},{W},{C} G={G} {dname} {cfg}: {ms:.4f} ms ({gbs:.0f} GB/s), "
-                          f"max |diff| / max |heuristic| {diff:.1e}, {resources}", flush=True)
-            fwd = lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="triton")
-            ms_f = time_fn(fwd, warmup=args.warmup, iters=args.iters, device=device)
-            general = TB.forward_config(max(H, W), C, B=B, shared=(C // G) >= 8)  # the pre-split kernel, same run
-            ms_g = time_fn(lambda: TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, False, general), warmup=args.warmup, iters=args.iters, device=device)
-            _, hs = TB.gspn2d_fwd_triton(x, lam, z, u, args.chunk, True)
-            h = hs if hs is not None else fwd()
-            # what an eager backward runs (op.py's autograd.Function: the launch and the partial sums)
-            ms_b = time_fn(lambda: TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, args.chunk), warmup=args.warmup, iters=args.iters, device=device)
-            # the dispatched kernels alone, launches built once: the GPU time when the op path's host work
-            # (checks, strides, allocations: ~0.2 ms per call on the H200's host) is longer than the kernel
-            launch_f, _, _ = TB.gspn2d_fwd_launch(x, lam, z, u, args.chunk, False)
-            launch_b, _ = TB.gspn2d_bwd_launch(dy, x, lam, z, u, h, args.chunk)
-            ms_fk = time_fn(launch_f.launch, warmup=args.warmup, iters=args.iters, device=device) if launch_f else ms_f
-            ms_bk = time_fn(launch_b.launch, warmup=args.warmup, iters=args.iters, device=device) if launch_b else ms_b
-            row: dict[str, Any] = {
-                "B": B, "H": H, "W": W, "C": C, "G": G, "dtype": dname, "u": with_u, "chunk": args.chunk,
-                "fwd_ms": ms_f, "bwd_ms": ms_b, "fwd_kernel_ms": ms_fk, "bwd_kernel_ms": ms_bk,
-                "fwd_general_ms": ms_g, "gain_vs_general": ms_g / ms_fk,
-                "fwd_MB": nbytes["fwd"] / 1e6, "bwd_MB": nbytes["bwd"] / 1e6,
-                "fwd_GBs": nbytes["fwd"] / ms_f / 1e6, "bwd_GBs": nbytes["bwd"] / ms_b / 1e6,
-                "fwd_config": TB.gspn2d_forward_config(B, H, W, C, G, dtype.itemsize).__dict__,
-                "bwd_config": TB.backward_config(max(H, W), C, C // G, B=B, itemsize=dtype.itemsize)[0].__dict__,
-            }
-            if copy_gbs:
-                row["fwd_pct_copy"] = 100 * row["fwd_GBs"] / copy_gbs
-                row["bwd_pct_copy"] = 100 * row["bwd_GBs"] / copy_gbs
-                row["fwd_kernel_pct_copy"] = 100 * nbytes["fwd"] / ms_fk / 1e6 / copy_gbs
-                row["bwd_kernel_pct_copy"] = 100 * nbytes["bwd"] / ms_bk / 1e6 / copy_gbs
-            if not args.no_baseline and B * H * W * 4 * C <= args.baseline_max_elems:
-                ref_f = time_fn(lambda: gspn2d(x, lam, z, u=u, chunk=args.chunk, backend="reference"), warmup=1, iters=3, device=device)
-                xs = [t.detach().requires_grad_() for t in (x, lam, z)] + ([u.detach().requires_grad_()] if u is not None else [])
-
-                def ref_fb():
-                    y = gspn2d(xs[0], xs[1], xs[2], u=xs[3] if u is not None else None, chunk=args.chunk, backend="reference")
-                    torch.autograd.grad(y, xs, dy)
-
-                ref_fb_ms = time_fn(ref_fb, warmup=1, iters=3, device=device)
-                row["loop_fwd_ms"] = ref_f
-                row["loop_fwd_bwd_ms"] = ref_fb_ms
-                row["speedup_fwd"] = ref_f / ms_f
-                row["speedup_fwd_bwd"] = ref_fb_ms / (ms_f + ms_b)
+                sweeps += _sweep_shape(args, device, (B, H, W, C), G, dname, tensors, nbytes, with_u)
+            row = _bench_shape(args, device, (B, H, W, C), G, dname, tensors, nbytes, with_u, copy_gbs)
             rows.append(row)
             write_json(args.out, {"meta": meta, "rows": rows, "sweep": sweeps, "partial": True})  # survives an interrupt
-            print(f"{B},{H},{W},{C} G={G} {dname}: fwd {ms_f:.4f} ms {row['fwd_GBs']:.0f} GB/s, bwd {ms_b:.4f} ms {row['bwd_GBs']:.0f} GB/s", flush=True)
-            del x, lam, z, u, dy, h
+            print(f"{B},{H},{W},{C} G={G} {dname}: fwd {row['fwd_ms']:.4f} ms {row['fwd_GBs']:.0f} GB/s, "
+                  f"bwd {row['bwd_ms']:.4f} ms {row['bwd_GBs']:.0f} GB/s", flush=True)
+            tensors = None  # this shape's inputs are freed before the next shape's are made
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     cols = ["B", "H", "W", "C", "G", "dtype", "fwd_ms", "fwd_GBs", "fwd_pct_copy", "fwd_kernel_ms", "fwd_kernel_pct_copy",
