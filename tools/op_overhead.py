@@ -147,8 +147,32 @@ def main() -> None:
     worker.start()
     worker.join()
     rows["backward: build + launch + partial sums, on a second Python thread"] = box["v"]
+    # the same forward + backward with the autograd engine's device threads off: the backward then runs
+    # on the calling thread (no hand-off between threads); then a profile of our Python in that mode
+    torch.autograd.set_multithreading_enabled(False)
+    try:
+        rows["forward + backward: torch.autograd.grad, engine multithreading off"] = us(
+            lambda: torch.autograd.grad(gspn2d(*xs[:3], u=xs[3], backend="triton"), xs, dy))
+        rows["autograd floor, engine multithreading off"] = us(lambda: torch.autograd.grad(_Empty.apply(*xs), xs, dy))
+        import cProfile
+        import io
+        import pstats
+
+        prof_py = cProfile.Profile()
+        prof_py.enable()
+        for _ in range(200):
+            torch.autograd.grad(gspn2d(*xs[:3], u=xs[3], backend="triton"), xs, dy)
+        _sync(device)
+        prof_py.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof_py, stream=buf).sort_stats("tottime").print_stats(25)
+        py_profile = buf.getvalue()
+    finally:
+        torch.autograd.set_multithreading_enabled(True)
     for k, v in rows.items():
         print(f"{v:8.1f} us  {k}")
+    print("# cProfile of 200 forward + backward calls, engine multithreading off (tottime):")
+    print(py_profile)
     table = None
     if not args.host_only:  # a profiler trace of the forward + backward: where the host time goes, by op
         from torch.profiler import ProfilerActivity, profile
@@ -161,7 +185,7 @@ def main() -> None:
         print(table)
     json.dump(dict(shape=[B, H, W, C, G], dtype="bf16", torch=torch.__version__, host_only=args.host_only,
                    device=torch.cuda.get_device_name() if device == "cuda" else "cpu (kernels not launched)",
-                   per_call_us=rows, profile=table),
+                   per_call_us=rows, profile=table, python_profile=py_profile),
               open(args.out, "w"), indent=1)
 
 
