@@ -446,6 +446,9 @@ def test_dispatch_follows_the_measurements():
         cfg = f(1, 147, 147, 64, G, 2)
         assert cfg.scratch and (cfg.block_l, cfg.split, cfg.block_c, cfg.num_warps) == (64, 3, bc, 8)
     assert f(1, 147, 147, 64, 1, 2).fence and not f(1, 147, 147, 64, 16, 2).fence and not f(1, 147, 147, 64, 64, 2).fence
+    # one gate group for all channels: the exchange through shared memory, prefetch 2 steps (ninth session)
+    one = f(1, 147, 147, 64, 1, 2)
+    assert one.flat and one.prefetch == 2 and not f(1, 147, 147, 64, 16, 2).flat and not f(1, 147, 147, 64, 64, 2).flat
     assert f(1, 147, 147, 64, 16, 4).block_l != 64 and f(4, 147, 147, 64, 16, 2).block_l != 64
     b = lambda L, G, B, it: TB.backward_config(L, 64, 64 // G, B=B, itemsize=it)[0]
     assert b(147, 16, 32, 2).split and b(74, 64, 32, 2).split

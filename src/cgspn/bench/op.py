@@ -452,6 +452,20 @@ def single_warp_flat_configs(L: int, C: int) -> list[Any]:
             for bc in sorted({min(cmax, b) for b in (1, 2, 4)}) for pf in (1, 2)]
 
 
+def small_batch_flat_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
+    """The small-batch scratch forwards of :func:`scratch_configs` (B = 1: tiles of 16-64 rows,
+    1-8 channels, 1-16 warps) with the wrap-around exchange through shared memory
+    (``LaunchConfig.flat``), the prefetch 1 or 2 steps ahead, with and without the barrier after the
+    loads (``fence``): the ninth session's one-group B = 1 gain (1.06x) tried on every tile."""
+    out: list[Any] = []
+    for cfg in scratch_configs(L, C, 1, itemsize):
+        for pf, fence in itertools.product((1, 2), (False, True)):
+            v = dataclasses.replace(cfg, flat=True, prefetch=pf, fence=fence)
+            if v not in out:
+                out.append(v)
+    return out
+
+
 def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
     """Split-line backward configs (always the scratch exchange): the tiles of
     :func:`_split_tile_grid`, prefetch 0 or 1; with gate groups (GS > 1) each also with the
@@ -529,6 +543,7 @@ SWEEP_SET_DOCS = {
     "short": "(lines <= 32) the general kernel's and one-tile split configs",
     "inside": "(backward) general blocks inside one gate group",
     "warp1": "(forward, small batches) one-warp split kernels with the shared-memory exchange, prefetch 1-2",
+    "latflat": "(forward, small batches) the small-batch scratch tiles with the shared-memory exchange, prefetch 1-2, fence or not",
     "evict": "the heuristic's configs with cache eviction hints (x kept in L2, streamed tensors evicted first)",
     "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
     "flat": "the heuristic's split configs with the wrap-around exchange through shared memory (no scratch)",
@@ -544,6 +559,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "short": (lambda L, C, B, it, G: short_forward_configs(L, C), lambda L, C, B, it, GS: short_backward_configs(L, C, GS, B, it)),
     "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
     "warp1": (lambda L, C, B, it, G: single_warp_flat_configs(L, C), _none),
+    "latflat": (lambda L, C, B, it, G: small_batch_flat_configs(L, C, it), _none),
 }
 # --sweep-set NAME: variants of the heuristic's own (forward, backward) config, built from it and the
 # line length: (heuristic config, L) -> configs

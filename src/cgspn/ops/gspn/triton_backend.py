@@ -199,13 +199,17 @@ def few_programs_forward_config(B: int, L: int, C: int, GS: int, itemsize: int) 
     per-channel / 4-channel / shared gates against 0.209 / 0.238 / 0.169 ms for the previous rule.
     With one gate group for all channels (GS = C) a barrier after each step's loads
     (``LaunchConfig.fence``) took it from 0.129 to 0.121 ms (``--sweep-set fence``, fifth session;
-    it was slower with per-channel or 4-channel gates).
+    it was slower with per-channel or 4-channel gates). Ninth session (``--sweep-set flat``, kernel
+    timed from a launch built once): with that one group, the wrap-around through shared memory
+    (``LaunchConfig.flat``) and the prefetch 2 steps ahead, 0.123 -> 0.116 ms (1.06x); with 16 or 64
+    groups the same exchange tied (0.128 / 0.143-0.145 ms).
     None outside lines of 97-192 positions, 2-byte inputs and B x C <= 132 (not measured there)."""
     if itemsize > 2 or not 96 < L <= 192 or B * C > _SM_COUNT_GUESS:
         return None
     cmax = _next_pow2(C)
     bc = min(cmax, 8 if 1 < GS < C else 4)
-    return LaunchConfig(64, bc, 8, 1, 1, False, -(-L // 64), True, fence=GS == C and C > 1)
+    one_group = GS == C and C > 1
+    return LaunchConfig(64, bc, 8, 2 if one_group else 1, 1, False, -(-L // 64), True, fence=one_group, flat=one_group)
 
 
 def _with_flat_exchange(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> LaunchConfig:
@@ -281,7 +285,8 @@ def gspn2d_forward_config(B: int, H: int, W: int, C: int, G: int, itemsize: int)
         # exchange, 64 channels, 8 warps. Measured on the H200 (eighth session, --sweep-set short timed
         # kernel-only; outputs within 7e-4 of the general kernel's): 32 x 24 x 24 x 768 bf16 0.238 ms
         # against 0.272 (1.14x). At 16 x 32 x 32 x 768 it was 5% slower than the general kernel, so
-        # lines of 25-32 keep that; not yet confirmed in the benchmark table
+        # lines of 25-32 keep that. Confirmed in the benchmark (ninth session, `bench op`): 0.237 ms against
+        # the general kernel's 0.272 in the same run, 69.9% of copy (60.9 before)
         return LaunchConfig(32, 64, 8, 1, 1, False, 1, True)
     return general
 
