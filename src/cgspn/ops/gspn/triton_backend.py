@@ -702,12 +702,20 @@ def gspn2d_bwd_launch(
     _check_offsets(x=x, lam=lam, z=z, u=u, h=h, dy=dy)
     cfg, mode = backward_config(max(H, W), C, GS, config, B=B, itemsize=max(x.element_size(), lam.element_size()))
     ncb, ck, nchunk, grid = _grid(B, 4, C, cfg.block_c, max(H, W), chunk)
+    partials = mode == 3 and ncb != G  # one fp32 partial per channel block, summed over each group's blocks
     if mode == 2:
         dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
-    elif mode == 3 and ncb != G:
-        dz_buf = torch.empty((B, H, W, 4, 3, ncb), dtype=torch.float32, device=x.device)
+        dz_strides = dz_buf.stride()
+    elif partials:
+        # a 16-byte slot (3 gates and a pad) per pixel, direction and block: one vector store per row
+        # and block instead of three 4-byte ones (DZ_VEC; ninth session: these partial stores were
+        # about half of the L2's write sectors of the shared-gate backward at 147 x 147)
+        dz_buf = torch.empty((B, H, W, 4, ncb, 4), dtype=torch.float32, device=x.device)
+        sb, sr, sc, sd, sg, sk = dz_buf.stride()
+        dz_strides = (sb, sr, sc, sd, sk, sg)
     else:
         dz_buf = torch.empty_like(z)
+        dz_strides = dz_buf.stride()
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (dxd, dlam, du if du is not None else dlam, dz_buf)
     _check_covers(cfg, max(H, W))
@@ -715,12 +723,12 @@ def gspn2d_bwd_launch(
         outs += (dlam if cfg.flat else _exchange_buffer(cfg, grid, x.device),)
     args = (
         x, lam, *zs, u if u is not None else dy, h, dy, *outs,
-        H, W, C, GS, ck, nchunk, ncb, *x.stride(), *dy.stride(), *lam.stride(), *z_strides, *dz_buf.stride(),
+        H, W, C, GS, ck, nchunk, ncb, *x.stride(), *dy.stride(), *lam.stride(), *z_strides, *dz_strides,
     )
     meta: dict[str, Any] = dict(
         NDIR=4, NORM=True, HAS_U=u is not None, LAM_SIG=lam_logits, GROUP_MODE=mode,
         ZW=_z_tile_width(GS, cfg.block_c), BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, FAST=_fast_math(x),
-        DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), **_register_cap(cfg, x), **_eviction(cfg),
+        DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), DZ_VEC=partials, **_register_cap(cfg, x), **_eviction(cfg),
     )
     if cfg.split:
         kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence, cfg.flat)
@@ -733,8 +741,8 @@ def gspn2d_bwd_launch(
         dx = dxd.sum(dim=3)  # one pass: torch accumulates half-precision sums in fp32 and rounds once
         if mode == 2:
             dz = dz_buf.view(B, H, W, 4, 3, G, GS).sum(-1).to(z.dtype)
-        elif mode == 3 and ncb != G:
-            dz = dz_buf.view(B, H, W, 4, 3, G, ncb // G).sum(-1).to(z.dtype)
+        elif partials:  # (B, H, W, 4, G, blocks per group, 3 of the 4 slots) -> (B, H, W, 4, 3, G)
+            dz = dz_buf[..., :3].view(B, H, W, 4, G, ncb // G, 3).sum(5).transpose(-1, -2).to(z.dtype).contiguous()
         else:
             dz = dz_buf
         return dx, dlam, dz, du

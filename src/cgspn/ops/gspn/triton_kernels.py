@@ -134,12 +134,26 @@ def _store_in_layout(ptr, value, mask, FAST: tl.constexpr):
 
 
 @triton.jit
-def _store_gate_grads(ptr, dz1, dz2, dz3, sdk, mask, IN_LAYOUT: tl.constexpr, FAST: tl.constexpr):
+def _store_gate_grads(ptr, dz1, dz2, dz3, sdk, mask, IN_LAYOUT: tl.constexpr, FAST: tl.constexpr,
+                      VEC4: tl.constexpr = False):
     """Store the three gate gradients at ``ptr``, ``ptr + sdk``, ``ptr + 2 sdk`` (in the pointer's
     element type). IN_LAYOUT: in the values' own register layout (:func:`_store_in_layout`; the
     pointer and mask are broadcast to the values' shape), for the gate-group gradients reduced
-    over the channels; else plain stores."""
-    if IN_LAYOUT:
+    over the channels; else plain stores.
+    VEC4 (with IN_LAYOUT, on CUDA): fp32 into 16-byte slots (sdk = 1; the caller's partial-sum buffer
+    of mode 3): the three values and a zero as one ``st.global.v4`` under a predicate, one store
+    request where three 4-byte stores took three (each a sector write of the L2)."""
+    if IN_LAYOUT and VEC4 and FAST:
+        ptr = tl.broadcast_to(ptr, dz1.shape)
+        mask = tl.broadcast_to(mask, dz1.shape)
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p st.global.v4.b32 [$1], {$3, $4, $5, $6}; mov.b32 $0, 0; }",
+            "=r,l,r,r,r,r,r",
+            [ptr, mask.to(tl.int32), dz1.to(tl.float32).to(tl.int32, bitcast=True),
+             dz2.to(tl.float32).to(tl.int32, bitcast=True), dz3.to(tl.float32).to(tl.int32, bitcast=True),
+             tl.zeros(dz1.shape, dtype=tl.int32)],
+            dtype=tl.int32, is_pure=False, pack=1)
+    elif IN_LAYOUT:
         ptr = tl.broadcast_to(ptr, dz1.shape)
         mask = tl.broadcast_to(mask, dz1.shape)
         _store_in_layout(ptr, dz1.to(ptr.dtype.element_ty), mask, FAST)
@@ -384,6 +398,7 @@ def gspn_bwd_kernel(
     GROUP_MODE: tl.constexpr, NUM_STAGES: tl.constexpr, JOINED: tl.constexpr,
     PREFETCH: tl.constexpr, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
     FAST: tl.constexpr = False, DZ_ASM: tl.constexpr = False, EVX: tl.constexpr = "", EVS: tl.constexpr = "",
+    DZ_VEC: tl.constexpr = False,
 ):
     """Backward scan (reverse walk). HS holds the forward state h (strides of the per-direction
     tensors). Writes DXD (per-direction lam*dh, x's grad before the sum over directions), DLAM,
@@ -393,6 +408,8 @@ def gspn_bwd_kernel(
     2: per channel into a scratch the caller sums over each group;
     3: the block lies inside one group (gates loaded once per line position): one partial sum
        per block, at DZ[..., k, cb], summed over the group's blocks by the caller.
+    DZ_VEC (mode 3, partials): DZ is the caller's fp32 buffer of 16-byte slots (sdk = 1) and the three
+    partials of a row go out as one vector store.
     """
     pid = tl.program_id(0)
     b, d, cb, is_col, rev, L, S, start, n = _geometry(pid, H, W, CHUNK, NCHUNK, NCB, NDIR)
@@ -473,7 +490,7 @@ def gspn_bwd_kernel(
         if GROUP_MODE == 1:
             _store_gate_grads(dzp + idx[:, None] * d_line + z_off0, dz1, dz2, dz3, sdk, zmask, DZ_ASM, FAST)
         elif GROUP_MODE == 3:
-            _store_gate_grads(dzp + idx[:, None] * d_line + cb * sdg, dz1, dz2, dz3, sdk, row_ok, DZ_ASM, FAST)
+            _store_gate_grads(dzp + idx[:, None] * d_line + cb * sdg, dz1, dz2, dz3, sdk, row_ok, DZ_ASM, FAST, DZ_VEC)
         else:  # one gradient per channel (modes 0 and 2): contiguous along the channels, plain stores
             # (inline: through _store_gate_grads this kernel compiled to 32 more SASS instructions at ViT-B)
             coff = dzp + idx[:, None] * d_line + ch[None, :] * sdg

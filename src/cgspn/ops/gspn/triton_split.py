@@ -311,7 +311,7 @@ _BWD_SIGNATURE = (
     "sdb, sdr, sdc, sdd, sdk, sdg, "
     "NDIR: tl.constexpr, NORM: tl.constexpr, HAS_U: tl.constexpr, LAM_SIG: tl.constexpr, GROUP_MODE: tl.constexpr, "
     "EVEN_C: tl.constexpr, ZW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, FAST: tl.constexpr, "
-    "DZ_ASM: tl.constexpr = False, EVX: tl.constexpr = '', EVS: tl.constexpr = ''"
+    "DZ_ASM: tl.constexpr = False, EVX: tl.constexpr = '', EVS: tl.constexpr = '', DZ_VEC: tl.constexpr = False"
 )
 
 
@@ -334,6 +334,9 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     along the channels), which costs 9-15 layout conversions (18-30 barriers) per step at R = 3-5.
     (Staging them through a buffer, the fourth session's ``stage_dz``, also removed the
     conversions, measured slower, and was deleted.)
+
+    ``DZ_VEC`` (GROUP_MODE 3 into the caller's partial-sum buffer of 16-byte slots): the three gate
+    gradients of a row as one vector store (``triton_kernels._store_gate_grads``).
 
     ``fence``: a barrier right after each step's input loads, as in :func:`split_forward_source`.
     ``flat``: the wrap-around ``q`` tiles by a gather of the flattened tile through shared memory
@@ -447,7 +450,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
         a("            dz2 = dg2")
         a("            dz3 = dg3")
         a(f"        dzm = zm{r} if GROUP_MODE == 1 else ok{r} if GROUP_MODE == 3 else m{r}")
-        a(f"        _store_gate_grads(dzp + do{r}, dz1, dz2, dz3, sdk, dzm, DZ_ASM, FAST)")
+        a(f"        _store_gate_grads(dzp + do{r}, dz1, dz2, dz3, sdk, dzm, DZ_ASM, FAST, DZ_VEC)")
         for k in (1, 2, 3):
             a(f"        nq{k}_{r} = _expand(g{k}, ZW, BLOCK_K, BLOCK_C) * dh")
     for r in tiles:
