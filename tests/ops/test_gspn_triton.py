@@ -345,7 +345,8 @@ SPLIT_BWD_CASES = [
     ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1)),  # per-channel gates (mode 0)
     ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0)),  # groups of 4 inside the block (mode 1), windows
     ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1)),  # groups of 2, masked channels (mode 1), no u
-    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1)),  # the block inside a group of 6 (mode 3)
+    ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1)),  # the block inside one group of 12: 3 partials (mode 3)
+    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1)),  # groups of 6 that do not tile the block (mode 2)
     ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1)),  # groups of 3 that do not tile the block (mode 2)
     ((1, 1, 5, 4, 1, None, True), (2, 4, 1, 3, 1)),  # 1 x N, shared gates
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1)),  # one tile (R = 1)
@@ -356,14 +357,14 @@ SPLIT_BWD_CASES = [
     # same tl.store of broadcast pointers; the inline PTX runs in the GPU tests)
     ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, True)),  # mode 1, windows
     ((1, 9, 3, 6, 3, 2, False), (4, 4, 1, 3, 1, False, True)),  # mode 1, masked channels
-    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, False, True)),  # mode 3
+    ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True)),  # mode 3, partials
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, False, True)),  # mode 1, R = 1
     ((1, 6, 5, 12, 4, None, True), (2, 8, 1, 4, 1, False, True)),  # mode 2: not used
-    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, True, True)),  # mode 3, fenced
+    ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, True, True)),  # mode 3, fenced
     # (..., fence, asm_dz, flat): the wrap-around through a gather of the flattened tile
     ((1, 7, 9, 8, 8, None, True), (4, 8, 2, 3, 1, False, False, True)),  # mode 0, tiles across 2 warps
     ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, False, True)),  # mode 1, windows, no prefetch
-    ((1, 6, 5, 12, 2, None, True), (2, 4, 1, 4, 1, False, True, True)),  # mode 3
+    ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True, True)),  # mode 3, partials
     ((2, 11, 4, 8, 8, None, True), (16, 8, 4, 1, 1, False, False, True)),  # one tile (R = 1), as ViT-B's
 ]
 
