@@ -301,3 +301,22 @@ def test_flat_sweep_set_and_kernels():
 def test_every_sweep_set_has_its_help_line():
     assert SWEEP_SET_DOCS.keys() == SWEEP_SETS.keys() | VARIANT_SETS.keys()
     assert not SWEEP_SETS.keys() & VARIANT_SETS.keys()
+
+
+def test_small_batch_and_wide_flat_sweep_sets():
+    """`--sweep-set latflat` (B = 1 tiles) and `--sweep-set wideflat` (the wide tiles, 4-16 warps):
+    every config has the shared-memory exchange and covers the line, and a sample computes the op."""
+    import torch
+
+    from cgspn.bench.op import small_batch_flat_configs, wide_flat_configs
+    from cgspn.ops.gspn import triton_backend as TB
+
+    lat, wide = small_batch_flat_configs(147, 64), wide_flat_configs(74, 64)
+    assert lat and wide and all(c.flat and c.split for c in lat + wide)
+    assert {c.prefetch for c in lat} == {1, 2} and {c.fence for c in lat} == {False, True}
+    assert {c.prefetch for c in wide} == {0, 1, 2} and {c.num_warps for c in wide} == {4, 8, 16}
+    assert all(c.split * c.block_l >= 74 for c in wide) and all(c.split * c.block_l >= 147 for c in lat)
+    (x, lam, z, u, dy), want_y, _, _ = _reference_case(1, 20, 13, 8, 4, seed=14)
+    for cfg in wide_flat_configs(20, 8)[::5]:
+        y, _ = TB.gspn2d_fwd_triton(x, lam, z, u, None, False, cfg)
+        torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5, msg=str(cfg))

@@ -466,6 +466,21 @@ def small_batch_flat_configs(L: int, C: int, itemsize: int = 2) -> list[Any]:
     return out
 
 
+def wide_flat_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]:
+    """The wide sweep's tiles (:func:`_wide_tiles`, 1-4 elements of a tile per thread; 4 warps added)
+    with the wrap-around exchange through shared memory (``LaunchConfig.flat``), the prefetch 0-2
+    steps ahead. The L2 traffic of the per-channel forward at 74 x 74 is 1.26x its bytes with the
+    scratch and would be ~1.12x without it (ninth session's ncu), but the flat variants of the
+    heuristic's tile spilled at 16 warps or lost at 8; this grid looks for one that does neither."""
+    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+
+    cmax = _next_pow2(C)
+    tiles = [(k, r, bc, warps) for k, r in _line_tilings(L, (16, 32, 64), 6)
+             for bc in sorted({min(cmax, b) for b in (16, 32, 64)}) for warps in (4, 8, 16)
+             if 32 * warps <= k * bc <= 4 * 32 * warps]
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, flat=True) for k, r, bc, warps in tiles for pf in (0, 1, 2)]
+
+
 def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:
     """Split-line backward configs (always the scratch exchange): the tiles of
     :func:`_split_tile_grid`, prefetch 0 or 1; with gate groups (GS > 1) each also with the
@@ -544,6 +559,7 @@ SWEEP_SET_DOCS = {
     "inside": "(backward) general blocks inside one gate group",
     "warp1": "(forward, small batches) one-warp split kernels with the shared-memory exchange, prefetch 1-2",
     "latflat": "(forward, small batches) the small-batch scratch tiles with the shared-memory exchange, prefetch 1-2, fence or not",
+    "wideflat": "(forward) the wide tiles (4-16 warps) with the shared-memory exchange, prefetch 0-2",
     "evict": "the heuristic's configs with cache eviction hints (x kept in L2, streamed tensors evicted first)",
     "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
     "flat": "the heuristic's split configs with the wrap-around exchange through shared memory (no scratch)",
@@ -560,6 +576,7 @@ SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]]
     "inside": (_none, lambda L, C, B, it, GS: inside_group_backward_configs(L, C, GS)),
     "warp1": (lambda L, C, B, it, G: single_warp_flat_configs(L, C), _none),
     "latflat": (lambda L, C, B, it, G: small_batch_flat_configs(L, C, it), _none),
+    "wideflat": (lambda L, C, B, it, G: wide_flat_configs(L, C, B, it), _none),
 }
 # --sweep-set NAME: variants of the heuristic's own (forward, backward) config, built from it and the
 # line length: (heuristic config, L) -> configs
