@@ -476,6 +476,44 @@ def test_dispatch_follows_the_measurements():
     assert (TB.backward_config(74, 96, 6, B=32, itemsize=2)[0].block_c, TB.backward_config(74, 96, 6, B=32, itemsize=2)[1]) == (16, 2)
 
 
+MODE3_PARTIAL_CASES = [
+    # (B, H, W, C, G, chunk, with_u), LaunchConfig args: the block inside one gate group, several blocks
+    # per group, so each block writes partial gate gradients into the caller's 16-byte slots (DZ_VEC)
+    ((1, 7, 9, 8, 1, None, True), (4, 4, 1, 1, 1, False, 3, True)),  # split kernel, 2 blocks
+    ((2, 5, 6, 16, 2, 3, False), (2, 4, 1, 0, 1, False, 3, True)),  # 2 groups x 2 blocks, windows, no u
+    ((1, 6, 7, 12, 1, None, True), (8, 4, 1, 1, 1, False, 0, False)),  # general kernel, 3 blocks
+    ((1, 9, 4, 8, 1, 2, True), (16, 4, 4, 1, 1, False, 1, True)),  # one tile, windows
+]
+
+
+@pytest.mark.parametrize("case,cfg", MODE3_PARTIAL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_mode3_partial_gate_gradients_match_reference(case, cfg):
+    """Mode 3 with several channel blocks per gate group: the per-block partials (a 16-byte slot per
+    pixel, direction and block) summed by the caller give the reference's gate gradients, with the
+    own-layout stores (asm_dz; the vector store on CUDA, plain stores under the interpreter) and without."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, H, W, C, G, chunk, with_u = case
+    lam_logits = chunk is not None  # lam as logits in the cases with windows
+    x, lam, z, u, dy = _split_case_inputs(case, seed=21)
+    lam_in = lam if lam_logits else torch.sigmoid(lam)
+    h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")
+    ins = [t.double().requires_grad_() for t in (x, lam_in, z)] + ([u.double().requires_grad_()] if with_u else [])
+    f = lambda a, b, c, *d: gspn2d(a, torch.sigmoid(b) if lam_logits else b, c, u=d[0] if d else None, chunk=chunk,
+                                   backend="reference")
+    want = torch.autograd.grad(f(*ins), ins, dy.double())
+    base = TB.LaunchConfig(*cfg)
+    for config in (base, dataclasses.replace(base, asm_dz=True)):
+        _, mode = TB.backward_config(max(H, W), C, C // G, config, B=B, itemsize=4)
+        assert mode == 3 and -(-C // config.block_c) > G  # several blocks per group: partials
+        dev = lambda t: None if t is None else t.to(DEVICE)
+        got = TB.gspn2d_bwd_triton(dev(dy), dev(x), dev(lam_in), dev(z), dev(u), dev(h), chunk, config,
+                                   lam_logits=lam_logits)
+        assert got[2].shape == z.shape and got[2].is_contiguous()
+        for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+            assert_close(name, a, b, 1e-5)
+
+
 def test_backward_narrows_the_block_inside_gate_groups_that_do_not_tile_it():
     """768 channels in 16 groups of 48 on 14-long lines: 16-channel blocks inside one group (mode 3,
     one partial per block) instead of per-channel fp32 gate gradients (mode 2); the same launch
