@@ -216,15 +216,15 @@ def scratch_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[Any]
             for k, r, bc, warps in _split_tile_grid(L, C, B, itemsize) for pf in (1, 2)]
 
 
-def _wide_tiles(L: int, C: int, most_per_thread: int) -> list[tuple[int, int, int, int]]:
+def _wide_tiles(L: int, C: int, most_per_thread: int, warp_counts: tuple[int, ...] = (8, 16)) -> list[tuple[int, int, int, int]]:
     """(rows, tiles, channels, warps) of the wide sweeps: tiles of 16 / 32 / 64 rows covering the
-    line in at most 6 tiles, 16 / 32 / 64 channels, 8 or 16 warps, 1 to ``most_per_thread``
+    line in at most 6 tiles, 16 / 32 / 64 channels, ``warp_counts`` warps, 1 to ``most_per_thread``
     elements of a tile per thread."""
     from cgspn.ops.gspn.triton_backend import _next_pow2
 
     cmax = _next_pow2(C)
     return [(k, r, bc, warps) for k, r in _line_tilings(L, (16, 32, 64), 6)
-            for bc in sorted({min(cmax, b) for b in (16, 32, 64)}) for warps in (8, 16)
+            for bc in sorted({min(cmax, b) for b in (16, 32, 64)}) for warps in warp_counts
             if 32 * warps <= k * bc <= most_per_thread * 32 * warps]
 
 
@@ -472,13 +472,10 @@ def wide_flat_configs(L: int, C: int, B: int = 32, itemsize: int = 2) -> list[An
     steps ahead. The L2 traffic of the per-channel forward at 74 x 74 is 1.26x its bytes with the
     scratch and would be ~1.12x without it (ninth session's ncu), but the flat variants of the
     heuristic's tile spilled at 16 warps or lost at 8; this grid looks for one that does neither."""
-    from cgspn.ops.gspn.triton_backend import LaunchConfig, _next_pow2
+    from cgspn.ops.gspn.triton_backend import LaunchConfig
 
-    cmax = _next_pow2(C)
-    tiles = [(k, r, bc, warps) for k, r in _line_tilings(L, (16, 32, 64), 6)
-             for bc in sorted({min(cmax, b) for b in (16, 32, 64)}) for warps in (4, 8, 16)
-             if 32 * warps <= k * bc <= 4 * 32 * warps]
-    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, flat=True) for k, r, bc, warps in tiles for pf in (0, 1, 2)]
+    return [LaunchConfig(k, bc, warps, pf, 1, False, r, True, flat=True)
+            for k, r, bc, warps in _wide_tiles(L, C, 4, (4, 8, 16)) for pf in (0, 1, 2)]
 
 
 def scratch_backward_configs(L: int, C: int, B: int = 32, itemsize: int = 2, GS: int = 1) -> list[Any]:

@@ -705,17 +705,15 @@ def gspn2d_bwd_launch(
     partials = mode == 3 and ncb != G  # one fp32 partial per channel block, summed over each group's blocks
     if mode == 2:
         dz_buf = torch.empty((B, H, W, 4, 3, C), dtype=torch.float32, device=x.device)
-        dz_strides = dz_buf.stride()
     elif partials:
         # a 16-byte slot (3 gates and a pad) per pixel, direction and block: one vector store per row
         # and block instead of three 4-byte ones (DZ_VEC; ninth session: these partial stores were
         # about half of the L2's write sectors of the shared-gate backward at 147 x 147)
         dz_buf = torch.empty((B, H, W, 4, ncb, 4), dtype=torch.float32, device=x.device)
-        sb, sr, sc, sd, sg, sk = dz_buf.stride()
-        dz_strides = (sb, sr, sc, sd, sk, sg)
     else:
         dz_buf = torch.empty_like(z)
-        dz_strides = dz_buf.stride()
+    # the kernels' (batch, row, column, direction, gate, group or block) strides
+    dz_strides = dz_buf.transpose(4, 5).stride() if partials else dz_buf.stride()
     zs, z_strides = _z_views(z)
     outs: tuple[torch.Tensor, ...] = (dxd, dlam, du if du is not None else dlam, dz_buf)
     _check_covers(cfg, max(H, W))

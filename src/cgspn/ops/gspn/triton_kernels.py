@@ -134,6 +134,18 @@ def _store_in_layout(ptr, value, mask, FAST: tl.constexpr):
 
 
 @triton.jit
+def _store4_in_layout(ptr, a, b, c, mask):
+    """(a, b, c, 0) as fp32 to the 16-byte slot at ``ptr``: one ``st.global.v4`` under a predicate in
+    the values' own layout (CUDA only; see :func:`_store_in_layout`)."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p st.global.v4.b32 [$1], {$3, $4, $5, $6}; mov.b32 $0, 0; }",
+        "=r,l,r,r,r,r,r",
+        [ptr, mask.to(tl.int32), a.to(tl.float32).to(tl.int32, bitcast=True), b.to(tl.float32).to(tl.int32, bitcast=True),
+         c.to(tl.float32).to(tl.int32, bitcast=True), tl.zeros(a.shape, dtype=tl.int32)],
+        dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _store_gate_grads(ptr, dz1, dz2, dz3, sdk, mask, IN_LAYOUT: tl.constexpr, FAST: tl.constexpr,
                       VEC4: tl.constexpr = False):
     """Store the three gate gradients at ``ptr``, ``ptr + sdk``, ``ptr + 2 sdk`` (in the pointer's
@@ -141,24 +153,17 @@ def _store_gate_grads(ptr, dz1, dz2, dz3, sdk, mask, IN_LAYOUT: tl.constexpr, FA
     pointer and mask are broadcast to the values' shape), for the gate-group gradients reduced
     over the channels; else plain stores.
     VEC4 (with IN_LAYOUT, on CUDA): fp32 into 16-byte slots (sdk = 1; the caller's partial-sum buffer
-    of mode 3): the three values and a zero as one ``st.global.v4`` under a predicate, one store
-    request where three 4-byte stores took three (each a sector write of the L2)."""
-    if IN_LAYOUT and VEC4 and FAST:
+    of mode 3): one vector store (:func:`_store4_in_layout`) where three 4-byte stores took three
+    requests, each a sector write of the L2."""
+    if IN_LAYOUT:
         ptr = tl.broadcast_to(ptr, dz1.shape)
         mask = tl.broadcast_to(mask, dz1.shape)
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p st.global.v4.b32 [$1], {$3, $4, $5, $6}; mov.b32 $0, 0; }",
-            "=r,l,r,r,r,r,r",
-            [ptr, mask.to(tl.int32), dz1.to(tl.float32).to(tl.int32, bitcast=True),
-             dz2.to(tl.float32).to(tl.int32, bitcast=True), dz3.to(tl.float32).to(tl.int32, bitcast=True),
-             tl.zeros(dz1.shape, dtype=tl.int32)],
-            dtype=tl.int32, is_pure=False, pack=1)
-    elif IN_LAYOUT:
-        ptr = tl.broadcast_to(ptr, dz1.shape)
-        mask = tl.broadcast_to(mask, dz1.shape)
-        _store_in_layout(ptr, dz1.to(ptr.dtype.element_ty), mask, FAST)
-        _store_in_layout(ptr + sdk, dz2.to(ptr.dtype.element_ty), mask, FAST)
-        _store_in_layout(ptr + 2 * sdk, dz3.to(ptr.dtype.element_ty), mask, FAST)
+        if VEC4 and FAST:
+            _store4_in_layout(ptr, dz1, dz2, dz3, mask)
+        else:
+            _store_in_layout(ptr, dz1.to(ptr.dtype.element_ty), mask, FAST)
+            _store_in_layout(ptr + sdk, dz2.to(ptr.dtype.element_ty), mask, FAST)
+            _store_in_layout(ptr + 2 * sdk, dz3.to(ptr.dtype.element_ty), mask, FAST)
     else:
         tl.store(ptr, dz1.to(ptr.dtype.element_ty), mask=mask)
         tl.store(ptr + sdk, dz2.to(ptr.dtype.element_ty), mask=mask)
