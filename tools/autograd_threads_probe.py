@@ -12,31 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import timm
 import torch
 
 import cgspn.models  # noqa: F401  (registers the cgspn_* models with timm)
+from cgspn.bench.common import time_fn
 
 
 def step_ms(model: torch.nn.Module, x: torch.Tensor, iters: int) -> float:
+    """Median ms of one training step (the benchmarks' timer, cgspn.bench.common.time_fn)."""
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(x)
         out.float().square().mean().backward()
 
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            step()
-        torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) / iters * 1e3)
-    return best
+    return time_fn(step, warmup=3, iters=iters, device="cuda")
 
 
 def main() -> None:
