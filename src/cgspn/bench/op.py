@@ -681,23 +681,17 @@ def _sweep_shape(args: argparse.Namespace, device: torch.device, shape: tuple[in
     if args.sweep_set in SWEEP_SETS:  # the heuristic's configs first, then the set's
         fwd_set, bwd_set = SWEEP_SETS[args.sweep_set]
         fwd_cfgs = [heuristic_f] + fwd_set(L, C, B, it, G)
+        bwd_cfgs = [heuristic_b] + bwd_set(L, C, B, it, C // G)
     elif args.sweep_set in VARIANT_SETS:
         fwd_set, bwd_set = VARIANT_SETS[args.sweep_set]
         fwd_cfgs = [heuristic_f] + fwd_set(heuristic_f, L)
+        bwd_cfgs = [heuristic_b] + bwd_set(heuristic_b, L)
     else:
         fwd_cfgs = sweep_configs(L, C, B, (C // G) >= 8, it)
-    cases = [("fwd", cfg) for cfg in fwd_cfgs] if "fwd" in passes else []
-    if args.sweep_limit > 0:
-        cases = cases[: args.sweep_limit]
-    if "bwd" in passes:
-        if args.sweep_set in SWEEP_SETS:
-            bwd_cfgs = [heuristic_b] + bwd_set(L, C, B, it, C // G)
-        elif args.sweep_set in VARIANT_SETS:
-            bwd_cfgs = [heuristic_b] + bwd_set(heuristic_b, L)
-        else:
-            bwd_cfgs = sweep_backward_configs(max(H, W), C, C // G, B, dtype.itemsize)
-        bwd_cases = [("bwd", cfg) for cfg in bwd_cfgs]
-        cases += bwd_cases[: args.sweep_limit] if args.sweep_limit > 0 else bwd_cases
+        bwd_cfgs = sweep_backward_configs(L, C, C // G, B, it)
+    limit = lambda cfgs: cfgs[: args.sweep_limit] if args.sweep_limit > 0 else cfgs
+    cases = [(which, cfg) for which, cfgs in (("fwd", fwd_cfgs), ("bwd", bwd_cfgs)) if which in passes
+             for cfg in limit(cfgs)]
     if args.compile_workers > 0 and cases:
         secs, failed = precompile(shape, G, dname, with_u, args.chunk, cases, args.compile_workers, str(device))
         print(f"# compiled {len(cases)} configs in {secs:.0f} s ({args.compile_workers} workers), "
