@@ -20,7 +20,7 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
 the most frequent opcodes, and where in the loop the global loads, stores and barriers sit (ptxas
 may schedule a prefetch's loads after the step's math; docs/design.md, fifth session).
 
-``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat]]]]]].
+``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat[,unroll]]]]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
 you want to see (the H200 has 3.6; pip may bring a newer one here).
 """
@@ -120,7 +120,7 @@ def sass_loop(cubin: bytes) -> dict[str, Any]:
         hist[op] = hist.get(op, 0) + 1
     where = lambda name: [round(i / max(1, len(ops) - 1), 2) for i, op in enumerate(ops) if op == name]
     return {"sass_sha256": digest, "loop_sass_instructions": len(body), "loop_opcodes": dict(sorted(hist.items(), key=lambda kv: -kv[1])[:12]),
-            "loop_ldg_at": where("LDG"), "loop_stg_at": where("STG"), "loop_bar_at": where("BAR")}
+            "loop_ldg_at": where("LDG"), "loop_stg_at": where("STG"), "loop_bar_at": where("BAR"), "loop_sass": body}
 
 
 def elements_per_thread(meta: dict[str, Any], split: int) -> float:
@@ -174,9 +174,9 @@ def _config(text: str | None):
     if not text:
         return None
     v = [int(t) for t in text.split(",")]
-    if len(v) not in range(7, 14):
-        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat]]]]]] (7-13 integers)")
-    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:13]))
+    if len(v) not in range(7, 15):
+        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat[,unroll]]]]]]] (7-14 integers)")
+    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:14]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the reports here")
     p.add_argument("--sass", action="store_true", help="also disassemble the scan loop: instructions (per element), "
                                                        "opcodes, where its loads / stores / barriers sit")
+    p.add_argument("--dump-loop", default=None, metavar="PREFIX",
+                   help="with --sass: write each kernel's scan-loop SASS to PREFIX<n>.sass (one instruction a line)")
     args = p.parse_args(argv)
 
     from cgspn.bench.op import sweep_backward_configs, sweep_configs
@@ -229,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['barriers']} barriers, loads {r['global_loads']}", flush=True)
             if "sass_sha256" in r:
                 print(f"    SASS sha256 {r['sass_sha256']}", flush=True)
+            if args.dump_loop and "loop_sass" in r:
+                with open(f"{args.dump_loop}{len(reports) - 1}.sass", "w") as f:
+                    f.write("\n".join(r["loop_sass"]) + "\n")
             if "loop_sass_instructions" in r:
                 span = lambda v: f"{v[0]:.0%}-{v[-1]:.0%}" if v else "-"
                 print(f"    loop SASS: {r['loop_sass_instructions']} instructions ({r['loop_sass_per_element']} per element), "

@@ -320,3 +320,24 @@ def test_small_batch_and_wide_flat_sweep_sets():
     for cfg in wide_flat_configs(20, 8)[::5]:
         y, _ = TB.gspn2d_fwd_triton(x, lam, z, u, None, False, cfg)
         torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5, msg=str(cfg))
+
+
+def test_unroll_sweep_set():
+    """`--sweep-set unroll`: the heuristic's split configs with the scan loop unrolled, the forward
+    at prefetch 1 and 2, the backward at prefetch 1, warps and channel blocks valid; general-kernel
+    configs get none."""
+    from cgspn.bench.op import VARIANT_SETS
+    from cgspn.ops.gspn import triton_backend as TB
+
+    fwd_set, bwd_set = VARIANT_SETS["unroll"]
+    assert fwd_set(TB.gspn2d_forward_config(64, 14, 14, 768, 16, 2)) == []
+    assert bwd_set(TB.backward_config(14, 768, 48, B=64, itemsize=2)[0]) == []
+    for B, L, G, it in ((32, 147, 16, 2), (32, 74, 1, 4), (1, 147, 1, 2)):
+        heuristic = TB.gspn2d_forward_config(B, L, L, 64, G, it)
+        fwd = fwd_set(heuristic, L)
+        assert fwd and all(c.unroll and c.prefetch in (1, 2) and 1 <= c.num_warps <= 16 for c in fwd)
+        assert {c.prefetch for c in fwd} == {1, 2} and heuristic.num_warps in {c.num_warps for c in fwd}
+        bwd_h = TB.backward_config(L, 64, 64 // G, B=B, itemsize=it)[0]
+        bwd = bwd_set(bwd_h, L)
+        assert all(c.unroll and c.prefetch == 1 and c.block_l * c.block_c >= 32 * c.num_warps for c in bwd)
+        assert bool(bwd) == bool(bwd_h.split)

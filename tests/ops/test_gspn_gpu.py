@@ -205,7 +205,8 @@ def test_general_backward_gate_group_stores(C, G, cfg, asm_dz):
 
 
 @pytest.mark.parametrize("option,L,G", [("evict", 74, 1), ("evict", 74, 64), ("evict", 14, 16),
-                                        ("flat", 74, 1), ("flat", 74, 64), ("flat", 147, 16), ("flat", 147, 1)],
+                                        ("flat", 74, 1), ("flat", 74, 64), ("flat", 147, 16), ("flat", 147, 1),
+                                        ("unroll", 74, 1), ("unroll", 74, 64), ("unroll", 147, 1)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_launch_options_on_the_dispatch_configs(option, L, G, dtype):
@@ -223,6 +224,46 @@ def test_launch_options_on_the_dispatch_configs(option, L, G, dtype):
     x, lam, z, u, dy = mk(B, L, L, C), torch.rand(B, L, L, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, L, L, 4, 3, G), mk(B, L, L, 4, C), mk(B, L, L, 4, C)
     fwd = dataclasses.replace(TB.gspn2d_forward_config(32, L, L, C, G, dtype.itemsize), **{option: True})
     bwd = dataclasses.replace(TB.backward_config(L, C, C // G, B=32, itemsize=dtype.itemsize)[0], **{option: True})
+    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, fwd)
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, bwd)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    yr = gspn2d(*ins[:3], u=ins[3], backend="reference")
+    want = torch.autograd.grad(yr, ins, dy.double())
+    ratio = RATIO[dtype]
+    assert_close("y", y, yr.detach(), ratio, atol=1e-5)
+    floor = ratio * want[1].abs().max().item()
+    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+        assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))
+
+
+# forward (block_l, block_c, warps, prefetch, tiles, scratch, fence, flat) and backward (block_l, block_c,
+# warps, tiles, asm_dz; prefetch 1) with the loop unrolled, L, G
+UNROLL_GPU = [
+    ((32, 64, 16, 1, 3, False, False, True), (16, 32, 8, 5, True), 74, 1),
+    ((16, 64, 8, 2, 5, True, False, False), (16, 16, 8, 5, False), 74, 64),
+    ((64, 4, 8, 2, 3, False, True, True), (32, 16, 8, 5, True), 147, 1),
+    ((64, 4, 8, 1, 3, True, False, False), (32, 16, 8, 5, False), 147, 64),
+    ((32, 32, 8, 1, 5, False, False, True), (32, 16, 8, 5, True), 147, 16),
+]
+
+
+@pytest.mark.parametrize("fwd_cfg,bwd_cfg,L,G", UNROLL_GPU, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_unrolled_split_kernels(fwd_cfg, bwd_cfg, L, G, dtype):
+    """The split kernels with the scan loop unrolled (``LaunchConfig.unroll``; the real unrolled
+    machine code only runs here, the interpreter iterates the same loop): y, h and every gradient
+    against the float64 reference, on odd line lengths (a remainder iteration) and batch 3."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    B, C = 3, 64
+    H, W = L, L - 1  # one direction pair has an even number of steps, the other an odd one
+    g = torch.Generator(device="cuda").manual_seed(13)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
+    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    k, bc, warps, pf, r, scratch, fence, flat = fwd_cfg
+    fwd = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, scratch, fence=fence, flat=flat, unroll=True)
+    k, bc, warps, r, asm_dz = bwd_cfg
+    bwd = TB.LaunchConfig(k, bc, warps, 1, 1, False, r, True, asm_dz=asm_dz, unroll=True)
     y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, fwd)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, bwd)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]

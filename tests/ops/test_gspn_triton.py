@@ -287,6 +287,10 @@ SPLIT_CASES = [
     ((2, 5, 7, 8, 8, 3, True), (2, 8, 1, 4, 1, True, 2, False, True)),  # per-channel, windows, prefetch 2
     ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2, 1, True, 0, False, True)),  # shared gates, no prefetch
     ((2, 11, 4, 8, 4, None, True), (16, 8, 4, 1, 1, True, 1, False, True)),  # one tile (R = 1)
+    # (..., flat, unroll): the loop unrolled by prefetch + 1 (odd step counts leave a remainder)
+    ((1, 7, 9, 8, 2, None, True), (4, 8, 1, 3, 1, True, 1, False, False, True)),  # scratch, prefetch 1
+    ((2, 5, 7, 8, 8, 3, True), (2, 8, 1, 4, 1, False, 2, False, True, True)),  # flat, prefetch 2, windows
+    ((1, 13, 10, 8, 1, None, True), (8, 8, 2, 2, 1, True, 2, True, False, True)),  # shared gates, fenced
 ]
 
 
@@ -300,8 +304,8 @@ def test_split_forward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, _ = _split_case_inputs(case, seed=7)
     rows, bc, warps, tiles, *rest = cfg
-    stages, scratch, prefetch, fence, flat = rest + [1, False, 0, False, False][len(rest):]
-    config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch, fence=fence, flat=flat)
+    stages, scratch, prefetch, fence, flat, unroll = rest + [1, False, 0, False, False, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, prefetch, stages, False, tiles, scratch, fence=fence, flat=flat, unroll=unroll)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     y, hs = TB.gspn2d_fwd_triton(*(t.to(DEVICE) for t in (x, lam_in, z)), None if u is None else u.to(DEVICE), chunk,
                                  True, config, lam_logits=lam_logits)
@@ -366,6 +370,10 @@ SPLIT_BWD_CASES = [
     ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 0, False, False, True)),  # mode 1, windows, no prefetch
     ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True, True)),  # mode 3, partials
     ((2, 11, 4, 8, 8, None, True), (16, 8, 4, 1, 1, False, False, True)),  # one tile (R = 1), as ViT-B's
+    # (..., flat, unroll): the loop unrolled by 2 (odd step counts leave a remainder)
+    ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, False, False, False, True)),  # mode 0
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 1, False, True, True, True)),  # mode 1, windows, flat
+    ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True, False, True)),  # mode 3, partials
 ]
 
 
@@ -379,8 +387,9 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, dy = _split_case_inputs(case, seed=11)
     rows, bc, warps, tiles, pf, *rest = cfg
-    fence, asm_dz, flat = rest + [False, False, False][len(rest):]
-    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, fence=fence, asm_dz=asm_dz, flat=flat)
+    fence, asm_dz, flat, unroll = rest + [False, False, False, False][len(rest):]
+    config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, fence=fence, asm_dz=asm_dz, flat=flat,
+                             unroll=unroll)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     dev = lambda t: None if t is None else t.to(DEVICE)
     h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")  # the forward state
@@ -423,7 +432,8 @@ def test_dispatch_follows_the_measurements():
     assert f(32, 147, 147, 64, 16, 2).scratch and f(32, 147, 147, 64, 1, 4).scratch
     shape = lambda c: (c.block_l, c.split, c.block_c, c.num_warps, c.prefetch)
     for G in (64, 16, 1):  # ~5120 elements of a line step per program (the wide sweep's fastest)
-        assert shape(f(32, 74, 74, 64, G, 2)) == (16, 5, 64, 16, 1)
+        # bf16 with gate groups: 3 tiles of 32 rows with the shared-memory exchange (tenth session)
+        assert shape(f(32, 74, 74, 64, G, 2)) == ((16, 5, 64, 16, 1) if G == 64 else (32, 3, 64, 16, 1))
         assert shape(f(32, 74, 74, 64, G, 4)) == (16, 5, 64, 8, 1)
         assert shape(f(32, 147, 147, 64, G, 4)) == (32, 5, 32, 8, 1)
     # bf16 with gate groups at 147: the shared-memory exchange at half the warps (eighth session)
@@ -463,8 +473,9 @@ def test_dispatch_follows_the_measurements():
     # bf16 gate groups store their gradients in the reduction's layout (fifth session); fp32 and
     # per-channel gates do not
     assert all(b(L, G, 32, 2).asm_dz for L in (74, 147) for G in (16, 1))
-    assert not any(b(L, G, 32, it).asm_dz for L in (74, 147) for G, it in ((64, 2), (1, 4)))
+    assert not any(b(L, 64, 32, it).asm_dz for L in (74, 147) for it in (2, 4))
     assert b(147, 16, 32, 4).asm_dz and not b(74, 16, 32, 4).asm_dz  # fp32: lines of 97-192 only (sixth session)
+    assert all(b(L, 1, 32, 4).asm_dz for L in (74, 147))  # fp32, one group: the 16-byte partials (tenth session)
     # lines of 9-32, per-channel gates, 2-byte dtypes: the split backward as one tile (sixth session)
     one = lambda B, L, C, GS, it: TB.backward_config(L, C, GS, B=B, itemsize=it)[0]
     assert shape(one(64, 14, 768, 1, 2)) == (16, 1, 64, 4, 1) and one(64, 14, 768, 1, 2).scratch

@@ -538,6 +538,29 @@ def flat_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
     return [dataclasses.replace(cfg, flat=True, prefetch=pf) for pf in (0, 1)] if cfg.split else []
 
 
+def unroll_configs(cfg: Any, L: int = 0) -> list[Any]:
+    """The forward heuristic's split config ``cfg`` (scratch or shared-memory exchange) with the
+    scan loop unrolled (``LaunchConfig.unroll``), the prefetch 1 or 2 steps ahead, at the
+    heuristic's warps and at half / twice as many (the unrolled body keeps more values live: at 16
+    warps the 128-register cap may spill)."""
+    if not (cfg.split and (cfg.scratch or cfg.flat)) or cfg.num_stages >= 2:
+        return []
+    warps = sorted({w for w in (cfg.num_warps // 2, cfg.num_warps, cfg.num_warps * 2) if 1 <= w <= 16})
+    return [dataclasses.replace(cfg, unroll=True, prefetch=pf, num_warps=w) for pf in (1, 2) for w in warps]
+
+
+def unroll_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
+    """The backward heuristic's split config ``cfg`` with the prefetch 1 step ahead and the loop
+    unrolled by 2 (:func:`unroll_configs`), at its channel block and at half of it (the backward
+    sits near 255 registers, and the unrolled body spills there), at its warps and twice as many."""
+    if not cfg.split:
+        return []
+    bcs = sorted({b for b in (cfg.block_c // 2, cfg.block_c) if b >= 1})
+    warps = sorted({w for w in (cfg.num_warps, cfg.num_warps * 2) if w <= 16})
+    return [dataclasses.replace(cfg, unroll=True, prefetch=1, block_c=bc, num_warps=w) for bc in bcs for w in warps
+            if cfg.block_l * bc >= 32 * w]
+
+
 _scratch_bwd = lambda L, C, B, it, GS: scratch_backward_configs(L, C, B, it, GS)
 _none = lambda *_: []
 # --sweep-set NAME (other than "all"): (forward configs (L, C, B, itemsize, G), backward configs
@@ -560,6 +583,7 @@ SWEEP_SET_DOCS = {
     "evict": "the heuristic's configs with cache eviction hints (x kept in L2, streamed tensors evicted first)",
     "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
     "flat": "the heuristic's split configs with the wrap-around exchange through shared memory (no scratch)",
+    "unroll": "the heuristic's split configs with the scan loop unrolled by prefetch + 1 (no register copies of prefetched values)",
 }
 SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
     "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
@@ -581,6 +605,7 @@ VARIANT_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]
     "evict": (evict_configs, evict_configs),
     "tiles": (lambda cfg, L: _more_tiles(cfg, L, (8, 16)), lambda cfg, L: _more_tiles(cfg, L, (4, 8, 16))),
     "flat": (flat_configs, flat_backward_configs),
+    "unroll": (unroll_configs, unroll_backward_configs),
 }
 
 
@@ -657,6 +682,7 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
                         "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} stages={c['num_stages']} "
                                         f"pf={c['prefetch']} scratch={int(c.get('scratch', 0))} fence={int(c.get('fence', 0))} maxnreg={c.get('maxnreg', 0)} "
                                         f"asm_dz={int(c.get('asm_dz', 0))} flat={int(c.get('flat', 0))} evict={int(c.get('evict', 0))} "
+                                        f"unroll={int(c.get('unroll', 0))} "
                                         if c.get("split") else f"bl={c['block_l']} pf={c['prefetch']} j={int(c['joined'])} ")
                         + f"bc={c['block_c']} w={c['num_warps']}"})
     return out

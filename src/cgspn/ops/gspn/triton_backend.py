@@ -65,7 +65,13 @@ class LaunchConfig:
         ``evict_last``; the tensors each program streams once (lam, u, the logits, dy and the
         outputs) ``evict_first``, so that the L2 keeps x between its four reads;
     flat: split kernels: the two wrap-around neighbours by a gather of the flattened tile, through
-        shared memory (``triton_kernels._flat_shift``), instead of the scratch or warp shuffles.
+        shared memory (``triton_kernels._flat_shift``), instead of the scratch or warp shuffles;
+    unroll: split kernels with a prefetch: the scan loop unrolled by the prefetch depth + 1
+        (``tl.range(..., loop_unroll_factor=...)``), so that the registers a step's loads fill are
+        not copied at the end of the iteration. Without it the rotation of the prefetched values
+        (``cur = next``) is a register copy (``PRMT`` / ``MOV`` in the SASS) that waits for the
+        loads issued in that same iteration, which then hide at most one step's math, whatever the
+        prefetch depth (tenth session).
     """
 
     block_l: int
@@ -81,6 +87,7 @@ class LaunchConfig:
     asm_dz: bool = False
     evict: bool = False
     flat: bool = False
+    unroll: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -223,7 +230,10 @@ def _with_flat_exchange(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> La
       not spill at the 128-register cap): 1.03x with 16 groups (0.541 -> 0.523 ms), 1.01x with one
       (0.502 -> 0.495; eighth session, kernels timed from launches built once);
     * 74-long lines (16-row tiles), bf16 with gate groups: 1.02x with 16 groups (0.1305 -> 0.1274 ms),
-      1.04x with one (0.1214 -> 0.1164; eighth session).
+      1.04x with one (0.1214 -> 0.1164; eighth session). Tenth session (``--sweep-set wideflat``): as
+      3 tiles of 32 rows (same channel block and warps, 121 registers, no spill) 0.127 -> 0.121 ms
+      with 16 groups and 0.116 -> 0.110 with one (1.05x); taken for lines of 65-96 (per-channel gates
+      tie there: 0.164 both).
 
     Elsewhere it ties or loses where the kernel already sits at its register cap (the exchange's
     indices then spill: 74-long lines in bf16 per-channel 0.164 -> 0.217 ms, fp32 per-channel 1.36 ->
@@ -239,6 +249,8 @@ def _with_flat_exchange(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> La
             return replace(cfg, flat=True)
         return replace(cfg, flat=True, num_warps=cfg.num_warps // 2) if cfg.num_warps >= 16 else cfg
     if 32 < L <= 96 and cfg.block_l == 16 and itemsize <= 2 and GS > 1:
+        if L > 64:  # tenth session: 3 tiles of 32 rows instead of 5 of 16 (fewer wrap-arounds per step)
+            return replace(cfg, flat=True, block_l=32, split=-(-L // 32))
         return replace(cfg, flat=True)
     return cfg
 
@@ -375,7 +387,12 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
     Sixth session (``bench op --sweep-set scratch``, fp32): the own-layout stores gain on lines of
     97-192 with gate groups smaller than the channels (147 x 147, 4-channel groups: 2.96 -> 2.66 ms
     per call), not with one shared group (3.28 -> 3.33) nor on lines of at most 96 (74 x 74: the
-    32-channel blocks stay faster without them, 0.575 against 0.628)."""
+    32-channel blocks stay faster without them, 0.575 against 0.628).
+
+    Tenth session (``--sweep-set asmdz``, fp32, kernel timed from a launch built once): since the
+    one-group partials are 16-byte slots written by one vector store (``DZ_VEC``), the own-layout
+    stores gain with one group for all channels: 74 x 74 0.521 -> 0.446 ms, 147 x 147 2.78 -> 2.44
+    (1.17 / 1.14x; with 16 groups they tie, 0.507 / 0.506)."""
     tiles = _split_tiles(L)
     cmax = _next_pow2(C)
     bc = min(16, cmax)
@@ -386,10 +403,12 @@ def scratch_backward_config(B: int, L: int, C: int, itemsize: int, GS: int = 1) 
     wide_ok = L <= 96 and _one_wave(B, C, wide)
     if itemsize > 2:
         if wide_ok:
-            return LaunchConfig(k, wide, 8, 0 if GS == 1 else 1, 1, False, r, True)
+            return LaunchConfig(k, wide, 8, 0 if GS == 1 else 1, 1, False, r, True, asm_dz=GS >= C > 1 and _reduces_in_block(GS, wide))
         if L > 192:
             return None
-        own = 1 < GS < C and _reduces_in_block(GS, bc)  # sixth session: 147 x 147, 4-channel groups 2.96 -> 2.66 ms
+        # own-layout stores with groups inside the block (sixth session: 147 x 147, 4-channel groups 2.96 ->
+        # 2.66 ms) and with one group for all channels (tenth session, after the 16-byte partial slots)
+        own = GS > 1 and _reduces_in_block(GS, bc)
         return LaunchConfig(k, bc, _split_warps(k, bc), 0, 1, False, r, True, asm_dz=own)
     if GS == 1:
         if wide_ok:
@@ -644,7 +663,8 @@ def gspn2d_fwd_launch(
     )
     if cfg.split:
         kernel = split_forward_kernel(cfg.split, cfg.num_stages, cfg.scratch and not cfg.flat,
-                                      cfg.prefetch if (cfg.scratch or cfg.flat) else 1, cfg.fence, cfg.flat)
+                                      cfg.prefetch if (cfg.scratch or cfg.flat) else 1, cfg.fence, cfg.flat,
+                                      cfg.unroll)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_fwd_kernel
@@ -729,7 +749,7 @@ def gspn2d_bwd_launch(
         DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), DZ_VEC=partials, **_register_cap(cfg, x), **_eviction(cfg),
     )
     if cfg.split:
-        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence, cfg.flat)
+        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence, cfg.flat, cfg.unroll)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_bwd_kernel

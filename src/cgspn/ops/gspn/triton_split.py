@@ -163,7 +163,7 @@ _NAMES = (("x", "sxr", "sxc"), ("p", "spr", "spc"), ("l", "slr", "slc"), ("z", "
 
 
 def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False,
-                         flat: bool = False) -> str:
+                         flat: bool = False, unroll: bool = False) -> str:
     """Source of the forward kernel for lines split into R tiles (see the module docstring).
 
     ``stages`` <= 1: the inputs are loaded into registers ``prefetch`` (0, 1 or 2) steps ahead of
@@ -183,6 +183,7 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     gate group in bf16 (docs/benchmarks.md, fifth session).
     ``flat``: the wrap-around neighbours by a gather of the flattened tile, through shared memory
     (``triton_kernels._flat_shift``), not the scratch; like the scratch, tiles may span warps.
+    ``unroll`` (with a prefetch): the loop unrolled by ``prefetch + 1`` (:func:`_loop_header`).
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -197,7 +198,7 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def {_kernel_name(R, stages, scratch, prefetch, fence, flat)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
+    a(f"def {_kernel_name(R, stages, scratch, prefetch, fence, flat, unroll)}({_SIGNATURE.replace('Y, HS,', 'Y, HS, SCR,') if scratch else _SIGNATURE}):")
     _prologue(a, _NAMES)
     _bases(a)
     a("    yb = Y + b64 * spb + d * spd")
@@ -220,7 +221,7 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     else:
         for j in range(depth):
             loads(f"(first + step * tl.minimum({j}, n - 1))", ahead[j], "    ")
-        a("    for t in range(0, n):")
+        a(f"    for t in {_loop_header(depth, unroll)}:")
         a("        pos = first + step * t")
         if depth == 0:
             loads("pos", "c", "        ")
@@ -273,8 +274,20 @@ def split_forward_source(R: int, stages: int = 1, scratch: bool = False, prefetc
     return "\n".join(s) + "\n"
 
 
-def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int, fence: bool = False, flat: bool = False) -> str:
-    f = ("_f" if fence else "") + ("_flat" if flat else "")
+def _loop_header(depth: int, unroll: bool) -> str:
+    """The scan loop's range over its n steps. ``unroll`` with a prefetch ``depth`` >= 1: unrolled
+    by depth + 1, so that the buffers of prefetched inputs rotate by renaming inside the unrolled
+    body and the loop-carried one is loaded after the last use of the register it replaces (no
+    copy at the loop's end; without the unroll that copy waits for the loads issued in the same
+    iteration, ``LaunchConfig.unroll``)."""
+    if unroll and depth:
+        return f"tl.range(0, n, loop_unroll_factor={depth + 1})"
+    return "range(0, n)"
+
+
+def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int, fence: bool = False, flat: bool = False,
+                 unroll: bool = False) -> str:
+    f = ("_f" if fence else "") + ("_flat" if flat else "") + ("_u" if unroll and prefetch and stages < 2 else "")
     if stages >= 2:
         return f"gspn_fwd_split_r{R}_s{stages}{f}"
     return f"gspn_fwd_split_r{R}{'_scr' if scratch else ''}_p{prefetch}{f}"
@@ -282,13 +295,13 @@ def _kernel_name(R: int, stages: int, scratch: bool, prefetch: int, fence: bool 
 
 @functools.lru_cache(maxsize=None)
 def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetch: int = 1, fence: bool = False,
-                         flat: bool = False):
+                         flat: bool = False, unroll: bool = False):
     """The jitted forward kernel for lines split into R tiles (compiled by Triton on first launch);
     arguments as in :func:`split_forward_source`."""
     stages = max(1, int(stages))
-    src = split_forward_source(R, stages, scratch, prefetch, fence, flat)
+    src = split_forward_source(R, stages, scratch, prefetch, fence, flat, unroll)
     filename = (f"<cgspn.ops.gspn.triton_split: forward, R={R}, stages={stages}, scratch={scratch}, "
-                f"prefetch={prefetch}, fence={fence}, flat={flat}>")
+                f"prefetch={prefetch}, fence={fence}, flat={flat}, unroll={unroll}>")
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {
         "tl": tl,
@@ -302,7 +315,7 @@ def split_forward_kernel(R: int, stages: int = 1, scratch: bool = False, prefetc
         "_flat_shift": K._flat_shift,
     }
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch, fence, flat)])
+    return triton.jit(scope[_kernel_name(R, stages, scratch, prefetch, fence, flat, unroll)])
 
 
 _BWD_SIGNATURE = (
@@ -315,7 +328,7 @@ _BWD_SIGNATURE = (
 )
 
 
-def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False) -> str:
+def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False, unroll: bool = False) -> str:
     """Source of the split-line backward for lines split into R tiles (line position
     ``i = k * R + r``), the reverse walk of :func:`split_forward_source` with the scratch exchange.
 
@@ -341,6 +354,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     ``fence``: a barrier right after each step's input loads, as in :func:`split_forward_source`.
     ``flat``: the wrap-around ``q`` tiles by a gather of the flattened tile through shared memory
     instead of the scratch (``SCR`` is then not used).
+    ``unroll`` (with the prefetch): the loop unrolled by 2 (:func:`_loop_header`).
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -349,7 +363,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def {_bwd_name(R, prefetch, fence, flat)}({_BWD_SIGNATURE}):")
+    a(f"def {_bwd_name(R, prefetch, fence, flat, unroll)}({_BWD_SIGNATURE}):")
     _prologue(a, _NAMES + (("dz", "sdr", "sdc"),))
     a("    if GROUP_MODE == 1:")
     a("        dzch = (cb * ZW + tl.arange(0, ZW))[None, :] * sdg")
@@ -389,7 +403,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
         a(f"    hv{r} = tl.load(HS + pb + (first + step * {last}) * p_scan + pl{r}).to(tl.float32)")
     if prefetch:
         loads(last, "c", "    ")
-    a("    for it in range(0, n):")
+    a(f"    for it in {_loop_header(prefetch, unroll)}:")
     a("        t = n - 1 - it")
     if prefetch:
         a("        pos = pos_c")
@@ -469,17 +483,18 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
 
 
 @functools.lru_cache(maxsize=None)
-def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False):
+def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False, unroll: bool = False):
     """The jitted split-line backward for lines split into R tiles (:func:`split_backward_source`)."""
-    src = split_backward_source(R, prefetch, fence, flat)
-    filename = f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, fence={fence}, flat={flat}>"
+    src = split_backward_source(R, prefetch, fence, flat, unroll)
+    filename = (f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, fence={fence}, flat={flat}, "
+                f"unroll={unroll}>")
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
              "_lam": K._lam, "_group_sum": K._group_sum, "_store_gate_grads": K._store_gate_grads,
              "_flat_shift": K._flat_shift}
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_bwd_name(R, prefetch, fence, flat)])
+    return triton.jit(scope[_bwd_name(R, prefetch, fence, flat, unroll)])
 
 
-def _bwd_name(R: int, prefetch: int, fence: bool = False, flat: bool = False) -> str:
-    return f"gspn_bwd_split_r{R}_p{prefetch}{'_f' if fence else ''}{'_flat' if flat else ''}"
+def _bwd_name(R: int, prefetch: int, fence: bool = False, flat: bool = False, unroll: bool = False) -> str:
+    return f"gspn_bwd_split_r{R}_p{prefetch}{'_f' if fence else ''}{'_flat' if flat else ''}{'_u' if unroll and prefetch else ''}"
