@@ -231,7 +231,10 @@ def _with_flat_exchange(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> La
       groups, 0.757 -> 0.729 with one);
     * 147-long lines, bf16 with gate groups, at half the warps (16 -> 8, so the gather's indices do
       not spill at the 128-register cap): 1.03x with 16 groups (0.541 -> 0.523 ms), 1.01x with one
-      (0.502 -> 0.495; eighth session, kernels timed from launches built once);
+      (0.502 -> 0.495; eighth session, kernels timed from launches built once). Tenth session
+      (``--sweep-set wideflat``): as 3 tiles of 64 rows at 16 warps (123 registers, no spill),
+      0.528 -> 0.500 ms with 16 groups and 0.494 -> 0.448 with one (1.05 / 1.10x); taken for lines
+      of 129-192 (97-128 would be 2 tiles: not measured, they keep the 8-warp rule);
     * 74-long lines (16-row tiles), bf16 with gate groups: 1.02x with 16 groups (0.1305 -> 0.1274 ms),
       1.04x with one (0.1214 -> 0.1164; eighth session). Tenth session (``--sweep-set wideflat``): as
       3 tiles of 32 rows (same channel block and warps, 121 registers, no spill) 0.127 -> 0.121 ms
@@ -250,6 +253,8 @@ def _with_flat_exchange(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> La
             return replace(cfg, flat=True) if GS > 1 else cfg
         if GS == 1:
             return replace(cfg, flat=True)
+        if L > 128 and cfg.num_warps >= 16:  # tenth session: 3 tiles of 64 rows at the heuristic's 16 warps
+            return replace(cfg, flat=True, block_l=64, split=-(-L // 64))
         return replace(cfg, flat=True, num_warps=cfg.num_warps // 2) if cfg.num_warps >= 16 else cfg
     if 32 < L <= 96 and cfg.block_l == 16 and itemsize <= 2 and GS > 1:
         if L > 64:  # tenth session: 3 tiles of 32 rows instead of 5 of 16 (fewer wrap-arounds per step)
