@@ -234,7 +234,8 @@ def _with_flat_exchange(cfg: LaunchConfig, L: int, GS: int, itemsize: int) -> La
       (0.502 -> 0.495; eighth session, kernels timed from launches built once). Tenth session
       (``--sweep-set wideflat``): as 3 tiles of 64 rows at 16 warps (123 registers, no spill),
       0.528 -> 0.500 ms with 16 groups and 0.494 -> 0.448 with one (1.05 / 1.10x); taken for lines
-      of 129-192 (97-128 would be 2 tiles: not measured, they keep the 8-warp rule);
+      of 129-192 (97-128 would be 2 tiles: not measured, they keep the 8-warp rule). ``bench op``
+      on the dispatch (eleventh session): 0.488 / 0.445 ms, 68.2 / 61.7% of copy (63.6 / 55.4 before);
     * 74-long lines (16-row tiles), bf16 with gate groups: 1.02x with 16 groups (0.1305 -> 0.1274 ms),
       1.04x with one (0.1214 -> 0.1164; eighth session). Tenth session (``--sweep-set wideflat``): as
       3 tiles of 32 rows (same channel block and warps, 121 registers, no spill) 0.127 -> 0.121 ms
