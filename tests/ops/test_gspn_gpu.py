@@ -16,6 +16,32 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 SHAPES = [(3, 37, 53, 48), (1, 1, 129, 64), (2, 147, 147, 64)]
 
 
+def _launch_inputs(B, H, W, C, G, dtype, seed):
+    """x (B, H, W, C), lam in [0, 1) and u, dy (B, H, W, 4, C), gate logits (B, H, W, 4, 3, G) on CUDA."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
+    x = mk(B, H, W, C)
+    lam = torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype)
+    return x, lam, 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+
+
+def _assert_launches_match_reference(fwd, bwd, x, lam, z, u, dy):
+    """The forward launch ``fwd`` and backward launch ``bwd`` (LaunchConfig): y, h and every
+    gradient against the float64 reference's autograd, at the inputs' dtype's tolerance."""
+    from cgspn.ops.gspn import triton_backend as TB
+
+    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, fwd)
+    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, bwd)
+    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
+    yr = gspn2d(*ins[:3], u=ins[3], backend="reference")
+    want = torch.autograd.grad(yr, ins, dy.double())
+    ratio = RATIO[x.dtype]
+    assert_close("y", y, yr.detach(), ratio, atol=1e-5)
+    floor = ratio * want[1].abs().max().item()
+    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
+        assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))
+
+
 def _check(B, H, W, C, G, chunk, dtype, with_u, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     mk = lambda *s, scale=1.0: (scale * torch.randn(*s, generator=g, device="cuda")).to(dtype).requires_grad_()
@@ -218,22 +244,10 @@ def test_launch_options_on_the_dispatch_configs(option, L, G, dtype):
 
     from cgspn.ops.gspn import triton_backend as TB
 
-    B, C = 2, 64
-    g = torch.Generator(device="cuda").manual_seed(11)
-    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
-    x, lam, z, u, dy = mk(B, L, L, C), torch.rand(B, L, L, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, L, L, 4, 3, G), mk(B, L, L, 4, C), mk(B, L, L, 4, C)
+    C = 64
     fwd = dataclasses.replace(TB.gspn2d_forward_config(32, L, L, C, G, dtype.itemsize), **{option: True})
     bwd = dataclasses.replace(TB.backward_config(L, C, C // G, B=32, itemsize=dtype.itemsize)[0], **{option: True})
-    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, fwd)
-    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, bwd)
-    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
-    yr = gspn2d(*ins[:3], u=ins[3], backend="reference")
-    want = torch.autograd.grad(yr, ins, dy.double())
-    ratio = RATIO[dtype]
-    assert_close("y", y, yr.detach(), ratio, atol=1e-5)
-    floor = ratio * want[1].abs().max().item()
-    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
-        assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))
+    _assert_launches_match_reference(fwd, bwd, *_launch_inputs(2, L, L, C, G, dtype, seed=11))
 
 
 # forward (block_l, block_c, warps, prefetch, tiles, scratch, fence, flat) and backward (block_l, block_c,
@@ -252,22 +266,9 @@ def test_unrolled_split_kernels(fwd_cfg, bwd_cfg, L, G, dtype):
     against the float64 reference, on odd line lengths (a remainder iteration) and batch 3."""
     from cgspn.ops.gspn import triton_backend as TB
 
-    B, C = 3, 64
-    H, W = L, L - 1  # one direction pair has an even number of steps, the other an odd one
-    g = torch.Generator(device="cuda").manual_seed(13)
-    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
-    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
     k, bc, warps, pf, r, scratch, fence, flat = fwd_cfg
     fwd = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, scratch, fence=fence, flat=flat, unroll=True)
     k, bc, warps, r, asm_dz = bwd_cfg
     bwd = TB.LaunchConfig(k, bc, warps, 1, 1, False, r, True, asm_dz=asm_dz, unroll=True)
-    y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, None, True, fwd)
-    got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, hs, None, bwd)
-    ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
-    yr = gspn2d(*ins[:3], u=ins[3], backend="reference")
-    want = torch.autograd.grad(yr, ins, dy.double())
-    ratio = RATIO[dtype]
-    assert_close("y", y, yr.detach(), ratio, atol=1e-5)
-    floor = ratio * want[1].abs().max().item()
-    for name, a, b in zip(("dx", "dlam", "dz", "du"), got, want):
-        assert_close(name, a, b, 2 * ratio, atol=max(1e-5, floor))
+    # W = L - 1: one direction pair has an even number of steps, the other an odd one
+    _assert_launches_match_reference(fwd, bwd, *_launch_inputs(3, L, L - 1, 64, G, dtype, seed=13))
