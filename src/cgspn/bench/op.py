@@ -506,7 +506,7 @@ def _more_tiles(cfg: Any, L: int, warps: tuple[int, ...]) -> list[Any]:
     pad = cfg.block_l * cfg.split
     out = []
     for k, r in _line_tilings(L, (8, 16, 32), 12):
-        if k < cfg.block_l and r > cfg.split and k * r <= pad:
+        if k < cfg.block_l and r > cfg.split and r >= 7 and k * r <= pad:
             out += [dataclasses.replace(cfg, block_l=k, split=r, num_warps=w) for w in warps
                     if 32 * w <= k * cfg.block_c <= 4 * 32 * w]
     return out
