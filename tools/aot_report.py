@@ -20,7 +20,7 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
 the most frequent opcodes, and where in the loop the global loads, stores and barriers sit (ptxas
 may schedule a prefetch's loads after the step's math; docs/design.md, fifth session).
 
-``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat[,unroll]]]]]]].
+``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat[,unroll[,row_gates]]]]]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
 you want to see (the H200 has 3.6; pip may bring a newer one here).
 """
@@ -174,9 +174,9 @@ def _config(text: str | None):
     if not text:
         return None
     v = [int(t) for t in text.split(",")]
-    if len(v) not in range(7, 15):
-        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat[,unroll]]]]]]] (7-14 integers)")
-    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:14]))
+    if len(v) not in range(7, 16):
+        raise SystemExit("--config: block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat[,unroll[,row_gates]]]]]]]] (7-15 integers)")
+    return LaunchConfig(v[0], v[1], v[2], v[3], v[4], bool(v[5]), v[6], *(bool(t) for t in v[7:9]), *v[9:10], *(bool(t) for t in v[10:15]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """``cgspn bench op`` on CPU through the real CLI: the Triton kernels run under the interpreter
 (conftest sets TRITON_INTERPRET=1 without a GPU), tiny shape, the launch-config sweep included."""
 
+import dataclasses
 import json
 
 import pytest
@@ -341,3 +342,19 @@ def test_unroll_sweep_set():
         bwd = bwd_set(bwd_h, L)
         assert all(c.unroll and c.prefetch == 1 and c.block_l * c.block_c >= 32 * c.num_warps for c in bwd)
         assert bool(bwd) == bool(bwd_h.split)
+
+
+def test_row_gates_sweep_set():
+    """`--sweep-set rowgates`: the backward heuristic's split configs with one gate group's logits
+    as [rows] vectors, with and without the prefetch; no forward variants, none for general-kernel
+    backwards."""
+    from cgspn.bench.op import VARIANT_SETS
+    from cgspn.ops.gspn import triton_backend as TB
+
+    fwd_set, bwd_set = VARIANT_SETS["rowgates"]
+    assert fwd_set(TB.gspn2d_forward_config(32, 74, 74, 64, 1, 2), 74) == []
+    assert bwd_set(TB.backward_config(14, 768, 768, B=64, itemsize=2)[0]) == []
+    for L, it in ((74, 2), (147, 2), (74, 4), (147, 4)):
+        heuristic = TB.backward_config(L, 64, 64, B=32, itemsize=it)[0]
+        got = bwd_set(heuristic, L)
+        assert got == [dataclasses.replace(heuristic, row_gates=True, prefetch=pf) for pf in (0, 1)]

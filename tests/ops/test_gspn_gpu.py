@@ -232,14 +232,15 @@ def test_general_backward_gate_group_stores(C, G, cfg, asm_dz):
 
 @pytest.mark.parametrize("option,L,G", [("evict", 74, 1), ("evict", 74, 64), ("evict", 14, 16),
                                         ("flat", 74, 1), ("flat", 74, 64), ("flat", 147, 16), ("flat", 147, 1),
-                                        ("unroll", 74, 1)],
+                                        ("unroll", 74, 1), ("row_gates", 74, 1), ("row_gates", 147, 1)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_launch_options_on_the_dispatch_configs(option, L, G, dtype):
     """The dispatch's forward and backward configs with one launch option switched on: the cache
     eviction hints (``LaunchConfig.evict``; split kernels at 74 and 147, general ones at 14) or the
-    wrap-around exchange through shared memory (``LaunchConfig.flat``): y, h and every gradient
-    against the float64 reference."""
+    wrap-around exchange through shared memory (``LaunchConfig.flat``), the loop unrolled, one
+    gate group's logits as [rows] vectors (``LaunchConfig.row_gates``, backward only): y, h and
+    every gradient against the float64 reference."""
     import dataclasses
 
     from cgspn.ops.gspn import triton_backend as TB

@@ -374,6 +374,12 @@ SPLIT_BWD_CASES = [
     ((1, 7, 9, 8, 8, None, True), (4, 8, 1, 3, 1, False, False, False, True)),  # mode 0
     ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 1, False, True, True, True)),  # mode 1, windows, flat
     ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True, False, True)),  # mode 3, partials
+    # (..., unroll, row_gates): one gate group's logits as [rows] vectors (a no-op where ZW > 1)
+    ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True, False, False, True)),  # mode 3, partials
+    ((2, 5, 7, 8, 1, 3, False), (2, 8, 2, 4, 0, False, False, False, False, True)),  # one group, windows, no prefetch
+    ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True, True, True, True)),  # mode 3, flat, unrolled
+    ((1, 1, 5, 4, 1, None, True), (2, 4, 1, 3, 1, False, False, False, False, True)),  # 1 x N, shared gates
+    ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 1, False, True, False, False, True)),  # mode 1: ZW = 2, unchanged
 ]
 
 
@@ -387,9 +393,9 @@ def test_split_backward_kernel_matches_reference(case, cfg, lam_logits):
     B, H, W, C, G, chunk, with_u = case
     x, lam, z, u, dy = _split_case_inputs(case, seed=11)
     rows, bc, warps, tiles, pf, *rest = cfg
-    fence, asm_dz, flat, unroll = rest + [False, False, False, False][len(rest):]
+    fence, asm_dz, flat, unroll, row_gates = rest + [False] * (5 - len(rest))
     config = TB.LaunchConfig(rows, bc, warps, pf, 1, False, tiles, True, fence=fence, asm_dz=asm_dz, flat=flat,
-                             unroll=unroll)
+                             unroll=unroll, row_gates=row_gates)
     lam_in = lam if lam_logits else torch.sigmoid(lam)
     dev = lambda t: None if t is None else t.to(DEVICE)
     h = gspn2d(x, torch.sigmoid(lam), z, chunk=chunk, backend="reference")  # the forward state

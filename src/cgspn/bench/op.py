@@ -561,6 +561,17 @@ def unroll_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
             if cfg.block_l * bc >= 32 * w]
 
 
+def row_gates_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
+    """The backward heuristic's split config ``cfg`` with one gate group's logits carried as [rows]
+    vectors (``LaunchConfig.row_gates``), with the prefetch 1 step ahead and without it. (Halving
+    the channel block or doubling the warps with them compiled worse for sm_90: one element per
+    thread and tile, 147-160 SASS instructions per element, or 248-288 bytes of spill;
+    ``docs/results/rowgates_bwd_aot_screen_sm90_triton36.json``.)"""
+    if not cfg.split:
+        return []
+    return [dataclasses.replace(cfg, row_gates=True, prefetch=pf) for pf in sorted({min(1, cfg.prefetch), 1 - min(1, cfg.prefetch)})]
+
+
 _scratch_bwd = lambda L, C, B, it, GS: scratch_backward_configs(L, C, B, it, GS)
 _none = lambda *_: []
 # --sweep-set NAME (other than "all"): (forward configs (L, C, B, itemsize, G), backward configs
@@ -584,6 +595,7 @@ SWEEP_SET_DOCS = {
     "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
     "flat": "the heuristic's split configs with the wrap-around exchange through shared memory (no scratch)",
     "unroll": "the heuristic's split configs with the scan loop unrolled by prefetch + 1 (no register copies of prefetched values)",
+    "rowgates": "the heuristic's split backward with one gate group's logits carried as [rows] vectors (the gate math once per row)",
 }
 SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
     "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
@@ -606,6 +618,7 @@ VARIANT_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]
     "tiles": (lambda cfg, L: _more_tiles(cfg, L, (8, 16)), lambda cfg, L: _more_tiles(cfg, L, (4, 8, 16))),
     "flat": (flat_configs, flat_backward_configs),
     "unroll": (unroll_configs, unroll_backward_configs),
+    "rowgates": (lambda cfg, L: [], row_gates_backward_configs),
 }
 
 
@@ -682,7 +695,7 @@ def best_of_sweep(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> l
                         "best_config": (f"split={c.get('split', 0)} rows={c['block_l']} stages={c['num_stages']} "
                                         f"pf={c['prefetch']} scratch={int(c.get('scratch', 0))} fence={int(c.get('fence', 0))} maxnreg={c.get('maxnreg', 0)} "
                                         f"asm_dz={int(c.get('asm_dz', 0))} flat={int(c.get('flat', 0))} evict={int(c.get('evict', 0))} "
-                                        f"unroll={int(c.get('unroll', 0))} "
+                                        f"unroll={int(c.get('unroll', 0))} rg={int(c.get('row_gates', 0))} "
                                         if c.get("split") else f"bl={c['block_l']} pf={c['prefetch']} j={int(c['joined'])} ")
                         + f"bc={c['block_c']} w={c['num_warps']}"})
     return out

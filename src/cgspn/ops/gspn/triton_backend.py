@@ -74,7 +74,18 @@ class LaunchConfig:
         prefetch depth. Measured slower everywhere (tenth session, ``--sweep-set unroll``): at B = 1,
         1 x 147 x 147 x 64 bf16, where it compiles without spills and the copies are gone, 0.116 ->
         0.139 ms (one gate group) and 0.146 -> 0.155 (per-channel); at B = 32 the unrolled bodies
-        spill (16-632 bytes) and run 1.2-2x slower. A sweep option only.
+        spill (16-632 bytes) and run 1.2-2x slower. A sweep option only;
+    row_gates: split backward: a gate group that spans the whole channel block (one group for all
+        channels, or groups wider than the block) has its logits loaded and carried between steps
+        as [rows] vectors (``triton_kernels._rows_of``) instead of [rows, 1] tiles. In the channel
+        block's layout a [rows, 1] tile holds a register per channel a thread owns (2 in the bf16
+        backward's blocks), and the loop-carried copies are not merged, so every thread loaded once
+        but carried and computed each row's gate normalisation and gate gradients twice. sm_90
+        compiles (Triton 3.6, ``tools/aot_report.py --sass``) of the dispatch's one-group configs:
+        loop SASS per element 120.9 -> 96.8 (32 x 74 x 74 x 64 bf16), 117.8 -> 93.7 (147 x 147
+        bf16), 110.1 -> 87.5 (74 x 74 fp32), 98.6 -> 76.3 (147 x 147 fp32), spills 16 -> 8, 16 ->
+        8, 32 -> 16, 0 -> 0 bytes. Not yet timed on the GPU (eleventh session had no device time
+        left), so the dispatch does not take it yet.
     """
 
     block_l: int
@@ -91,6 +102,7 @@ class LaunchConfig:
     evict: bool = False
     flat: bool = False
     unroll: bool = False
+    row_gates: bool = False
 
 
 # Tuned on the H200 from `cgspn bench op --sweep` (docs/benchmarks.md). The state of a whole line
@@ -758,7 +770,7 @@ def gspn2d_bwd_launch(
         DZ_ASM=bool(cfg.asm_dz and mode in (1, 3)), DZ_VEC=partials, **_register_cap(cfg, x), **_eviction(cfg),
     )
     if cfg.split:
-        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence, cfg.flat, cfg.unroll)
+        kernel = split_backward_kernel(cfg.split, min(1, cfg.prefetch), cfg.fence, cfg.flat, cfg.unroll, cfg.row_gates)
         meta.update(EVEN_C=C % cfg.block_c == 0, BLOCK_K=cfg.block_l)
     else:
         kernel = K.gspn_bwd_kernel

@@ -211,6 +211,27 @@ def _lam(lv, LAM_SIG: tl.constexpr, FAST: tl.constexpr = False):
 
 
 @triton.jit
+def _rows_of(z, ZW: tl.constexpr):
+    """A [rows, 1] tile of one gate group's values as a [rows] fp32 vector (``ZW == 1``; else ``z``
+    as it is). ``tl.max`` over the axis of length 1 is the value itself; the vector's slice layout
+    holds one register per row and thread, where the [rows, 1] tile in the channel block's layout
+    may hold one per channel the thread owns (``LaunchConfig.row_gates``)."""
+    if ZW == 1:
+        return tl.max(z.to(tl.float32), axis=1)
+    else:
+        return z
+
+
+@triton.jit
+def _cols_of(z, ZW: tl.constexpr):
+    """The inverse of :func:`_rows_of`: a [rows] vector as a [rows, 1] tile (``ZW == 1``; else ``z``)."""
+    if ZW == 1:
+        return z[:, None]
+    else:
+        return z
+
+
+@triton.jit
 def _expand(g, ZW: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     """A [BLOCK_L, ZW] tile of per-group values as [BLOCK_L, BLOCK_C] (each repeated BLOCK_C // ZW
     times along the channels); ZW == 1 or ZW == BLOCK_C tiles are returned as they are."""

@@ -133,13 +133,15 @@ def _tile_setup(a, r: int, R: int) -> None:
     a(f"    zo{r} = il{r} * z_line + zchl[None, :] * szg")
 
 
-def _input_loads(a, ind: str, pos: str, sfx: str, tiles: range, no_u: str, pre: str = "", post: str = "") -> None:
+def _input_loads(a, ind: str, pos: str, sfx: str, tiles: range, no_u: str, pre: str = "", post: str = "",
+                 z_rows: bool = False) -> None:
     """Loads of x, lam, the three logits and u at scan position ``pos`` into ``<name><sfx><r>``
     (``no_u``: what u stands for without one; ``pre`` / ``post``: a kernel's own line before /
     after each tile's loads, formatted with ``ind``, ``sfx`` and ``r``). Unmasked: padding rows and channels read the line's
     last row / the last channel (the offsets are clamped), so no predicate or zeroing instruction
     per load; the kernels mask the gates after the sigmoid and the results with ``m``, so those
-    values never reach a stored or neighbouring element."""
+    values never reach a stored or neighbouring element. ``z_rows``: the logits of a gate group that
+    spans the channel block as [rows] vectors (``triton_kernels._rows_of``)."""
     a(f"{ind}xs = xb + {pos} * x_scan")
     a(f"{ind}ls = lb + {pos} * l_scan")
     a(f"{ind}us = ub + {pos} * l_scan")
@@ -150,7 +152,8 @@ def _input_loads(a, ind: str, pos: str, sfx: str, tiles: range, no_u: str, pre: 
         a(f"{ind}x{sfx}{r} = tl.load(xs + xo{r}, eviction_policy=EVX)")
         a(f"{ind}l{sfx}{r} = tl.load(ls + lo{r}, eviction_policy=EVS)")
         for k in (1, 2, 3):
-            a(f"{ind}z{k}{sfx}{r} = tl.load(z{k}b + zs + zo{r}, eviction_policy=EVS)")
+            zl = f"tl.load(z{k}b + zs + zo{r}, eviction_policy=EVS)"
+            a(f"{ind}z{k}{sfx}{r} = _rows_of({zl}, ZW)" if z_rows else f"{ind}z{k}{sfx}{r} = {zl}")
         a(f"{ind}if HAS_U:")
         a(f"{ind}    u{sfx}{r} = tl.load(us + lo{r}, eviction_policy=EVS)")
         a(f"{ind}else:")
@@ -328,7 +331,8 @@ _BWD_SIGNATURE = (
 )
 
 
-def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False, unroll: bool = False) -> str:
+def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False, unroll: bool = False,
+                          row_gates: bool = False) -> str:
     """Source of the split-line backward for lines split into R tiles (line position
     ``i = k * R + r``), the reverse walk of :func:`split_forward_source` with the scratch exchange.
 
@@ -355,6 +359,9 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     ``flat``: the wrap-around ``q`` tiles by a gather of the flattened tile through shared memory
     instead of the scratch (``SCR`` is then not used).
     ``unroll`` (with the prefetch): the loop unrolled by 2 (:func:`_loop_header`).
+    ``row_gates``: where one gate group spans the channel block (``ZW == 1``) its logits are loaded
+    into and carried between steps as [rows] vectors, and widened to [rows, 1] only where they are
+    used (``LaunchConfig.row_gates``).
     """
     if not 1 <= R <= MAX_SPLIT:
         raise ValueError(f"R must be in [1, {MAX_SPLIT}], got {R}")
@@ -363,7 +370,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
     tiles = range(R)
     s: list[str] = []
     a = s.append
-    a(f"def {_bwd_name(R, prefetch, fence, flat, unroll)}({_BWD_SIGNATURE}):")
+    a(f"def {_bwd_name(R, prefetch, fence, flat, unroll, row_gates)}({_BWD_SIGNATURE}):")
     _prologue(a, _NAMES + (("dz", "sdr", "sdc"),))
     a("    if GROUP_MODE == 1:")
     a("        dzch = (cb * ZW + tl.arange(0, ZW))[None, :] * sdg")
@@ -393,7 +400,7 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
         a(f"{ind}hps = HS + pb + posp_{sfx} * p_scan")
         _input_loads(a, ind, f"pos_{sfx}", sfx, tiles, "dy{sfx}{r}",
                      pre="{ind}dy{sfx}{r} = tl.load(dys + pl{r}, eviction_policy=EVS)",
-                     post="{ind}hq{sfx}{r} = tl.load(hps + pl{r})")
+                     post="{ind}hq{sfx}{r} = tl.load(hps + pl{r})", z_rows=row_gates)
         a(f"{ind}hqu{sfx} = tl.load(hps + pu0)")
         a(f"{ind}hqd{sfx} = tl.load(hps + pd{R - 1})")
 
@@ -443,8 +450,9 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
         a("        else:")
         a("            dyh = dyf")
         a(f"        dh = tl.where(m{r}, dyh + {q3u} + q2_{r} + {q1d}, 0.0)")
-        a(f"        g1, g2, g3, s1, s2, s3, inv = _gates(z1c{r}.to(tl.float32), z2c{r}.to(tl.float32), "
-          f"z3c{r}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM, FAST)")
+        z1, z2, z3 = (f"_cols_of(z{k}c{r}, ZW)" if row_gates else f"z{k}c{r}" for k in (1, 2, 3))
+        a(f"        g1, g2, g3, s1, s2, s3, inv = _gates({z1}.to(tl.float32), {z2}.to(tl.float32), "
+          f"{z3}.to(tl.float32), hp{r}, hn{r}, ok{r}, NORM, FAST)")
         a(f"        lamv = _lam(lc{r}, LAM_SIG, FAST)")
         a(f"        dlamv = xc{r}.to(tl.float32) * dh")
         a("        if LAM_SIG:")
@@ -483,18 +491,21 @@ def split_backward_source(R: int, prefetch: int = 1, fence: bool = False, flat: 
 
 
 @functools.lru_cache(maxsize=None)
-def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False, unroll: bool = False):
+def split_backward_kernel(R: int, prefetch: int = 1, fence: bool = False, flat: bool = False, unroll: bool = False,
+                          row_gates: bool = False):
     """The jitted split-line backward for lines split into R tiles (:func:`split_backward_source`)."""
-    src = split_backward_source(R, prefetch, fence, flat, unroll)
+    src = split_backward_source(R, prefetch, fence, flat, unroll, row_gates)
     filename = (f"<cgspn.ops.gspn.triton_split: backward, R={R}, prefetch={prefetch}, fence={fence}, flat={flat}, "
-                f"unroll={unroll}>")
+                f"unroll={unroll}, row_gates={row_gates}>")
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     scope = {"tl": tl, "triton": triton, "_geometry": K._geometry, "_gates": K._gates, "_expand": K._expand,
              "_lam": K._lam, "_group_sum": K._group_sum, "_store_gate_grads": K._store_gate_grads,
-             "_flat_shift": K._flat_shift}
+             "_flat_shift": K._flat_shift, "_rows_of": K._rows_of, "_cols_of": K._cols_of}
     exec(compile(src, filename, "exec"), scope)
-    return triton.jit(scope[_bwd_name(R, prefetch, fence, flat, unroll)])
+    return triton.jit(scope[_bwd_name(R, prefetch, fence, flat, unroll, row_gates)])
 
 
-def _bwd_name(R: int, prefetch: int, fence: bool = False, flat: bool = False, unroll: bool = False) -> str:
-    return f"gspn_bwd_split_r{R}_p{prefetch}{'_f' if fence else ''}{'_flat' if flat else ''}{'_u' if unroll and prefetch else ''}"
+def _bwd_name(R: int, prefetch: int, fence: bool = False, flat: bool = False, unroll: bool = False,
+              row_gates: bool = False) -> str:
+    return (f"gspn_bwd_split_r{R}_p{prefetch}{'_f' if fence else ''}{'_flat' if flat else ''}"
+            f"{'_u' if unroll and prefetch else ''}{'_rg' if row_gates else ''}")
