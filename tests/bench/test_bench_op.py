@@ -346,7 +346,8 @@ def test_unroll_sweep_set():
 
 def test_row_gates_sweep_set():
     """`--sweep-set rowgates`: the backward heuristic's split configs with one gate group's logits
-    as [rows] vectors, with and without the prefetch; no forward variants, none for general-kernel
+    as [rows] vectors, with and without the prefetch, at its tiles and at tiles of twice the rows
+    that still cover the line (also at half the warps); no forward variants, none for general-kernel
     backwards."""
     from cgspn.bench.op import VARIANT_SETS
     from cgspn.ops.gspn import triton_backend as TB
@@ -357,4 +358,8 @@ def test_row_gates_sweep_set():
     for L, it in ((74, 2), (147, 2), (74, 4), (147, 4)):
         heuristic = TB.backward_config(L, 64, 64, B=32, itemsize=it)[0]
         got = bwd_set(heuristic, L)
-        assert got == [dataclasses.replace(heuristic, row_gates=True, prefetch=pf) for pf in (0, 1)]
+        assert got[:2] == [dataclasses.replace(heuristic, row_gates=True, prefetch=pf) for pf in (0, 1)]
+        taller = got[2:]
+        assert len(taller) == 3 and all(c.row_gates and c.block_l == 2 * heuristic.block_l for c in taller)
+        assert taller[2].num_warps == heuristic.num_warps // 2 and taller[2].prefetch == 0
+        assert all(c.block_l * (c.split - 1) < L <= c.block_l * c.split for c in got)

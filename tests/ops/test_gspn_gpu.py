@@ -174,6 +174,14 @@ SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 
     ((16, 16, 4, 0, 5, False, True), 16, 7, _BF16), ((32, 32, 16, 1, 3, False, True), 1, None, _BF16),
     # the bf16 dispatch since the fifth session: 32 channels, 8 warps, own-layout gate-gradient stores
     ((16, 32, 8, 0, 5, False, True), 16, None, _BF16), ((16, 32, 8, 1, 5, False, True), 1, 7, _BF16),
+    # (..., fence, asm_dz, flat, row_gates): one gate group's logits as [rows] vectors (--sweep-set rowgates),
+    # at the dispatch's tiles and at 3 tiles of 32 x 32
+    ((16, 32, 8, 1, 5, False, True, False, True), 1, None, _BF16), ((32, 32, 8, 1, 3, False, True, False, True), 1, 7, _BF16),
+    ((32, 32, 8, 0, 3, False, True, False, True), 1, None, _FP32), ((32, 32, 8, 1, 3, False, False, False, True), 16, None, _BF16),
+]
+SPLIT_BWD_GPU_147_ROWS = [  # 147-long lines, one gate group, row_gates: the dispatch's tiles and 3 tiles of 64 x 16
+    ((32, 16, 8, 1, 5, False, True, False, True), 1, None, _BF16), ((64, 16, 8, 0, 3, False, True, False, True), 1, None, _BF16),
+    ((64, 16, 8, 1, 3, False, True, False, True), 1, 7, _FP32),
 ]
 
 
@@ -184,7 +192,8 @@ SPLIT_BWD_GPU_ONE_TILE = [  # lines of <= 32 as one tile, per-channel gates (six
 ]
 
 
-@pytest.mark.parametrize("cfg,G,chunk,dtype,L", [c + (147,) for c in SPLIT_BWD_GPU] + [c + (74,) for c in SPLIT_BWD_GPU_74] + SPLIT_BWD_GPU_ONE_TILE,
+@pytest.mark.parametrize("cfg,G,chunk,dtype,L", [c + (147,) for c in SPLIT_BWD_GPU + SPLIT_BWD_GPU_147_ROWS]
+                         + [c + (74,) for c in SPLIT_BWD_GPU_74] + SPLIT_BWD_GPU_ONE_TILE,
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v).replace("torch.", ""))
 def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     """The split-line backward (scratch exchange) that ``bench op --sweep --sweep-set scratch``
@@ -196,9 +205,9 @@ def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
     x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
     k, bc, warps, pf, r, *rest = cfg
-    fence, asm_dz, flat = rest + [False, False, False][len(rest):]
+    fence, asm_dz, flat, row_gates = rest + [False] * (4 - len(rest))
     h = gspn2d(x, lam, z, chunk=chunk)
-    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, fence=fence, asm_dz=asm_dz, flat=flat)
+    config = TB.LaunchConfig(k, bc, warps, pf, 1, False, r, True, fence=fence, asm_dz=asm_dz, flat=flat, row_gates=row_gates)
     got = TB.gspn2d_bwd_triton(dy, x, lam, z, u, h, chunk, config)
     ins = [t.double().requires_grad_() for t in (x, lam, z, u)]
     want = torch.autograd.grad(gspn2d(*ins[:3], u=ins[3], chunk=chunk, backend="reference"), ins, dy.double())

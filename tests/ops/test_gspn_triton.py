@@ -380,6 +380,7 @@ SPLIT_BWD_CASES = [
     ((1, 6, 5, 12, 1, None, True), (2, 4, 1, 4, 1, False, True, True, True, True)),  # mode 3, flat, unrolled
     ((1, 1, 5, 4, 1, None, True), (2, 4, 1, 3, 1, False, False, False, False, True)),  # 1 x N, shared gates
     ((2, 5, 7, 8, 2, 3, True), (2, 8, 2, 4, 1, False, True, False, False, True)),  # mode 1: ZW = 2, unchanged
+    ((2, 5, 7, 8, 2, 3, True), (2, 4, 1, 4, 1, False, True, False, False, True)),  # a group per block: ZW = 1
 ]
 
 

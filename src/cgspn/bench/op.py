@@ -563,13 +563,31 @@ def unroll_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
 
 def row_gates_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
     """The backward heuristic's split config ``cfg`` with one gate group's logits carried as [rows]
-    vectors (``LaunchConfig.row_gates``), with the prefetch 1 step ahead and without it. (Halving
-    the channel block or doubling the warps with them compiled worse for sm_90: one element per
-    thread and tile, 147-160 SASS instructions per element, or 248-288 bytes of spill;
-    ``docs/results/rowgates_bwd_aot_screen_sm90_triton36.json``.)"""
+    vectors (``LaunchConfig.row_gates``), with the prefetch 1 step ahead and without it, at its
+    tiles and at tiles of twice the rows (fewer of them: 4 elements of a tile per thread, so
+    64-bit bf16 / 128-bit fp32 accesses and 3 shuffle levels per channel sum instead of 4).
+
+    Screened for sm_90 without a GPU (eleventh session, Triton 3.6; loop SASS per element of the
+    one-group backward, the dispatch's config first): 32 x 74 x 74 x 64 bf16 120.9, with row_gates
+    96.8, with them and 3 tiles of 32 x 32 64.3 (prefetch 1, 188 registers) / 60.9 (none, 181);
+    147 x 147 bf16 117.8 / 93.7 / 63.2 / 59.8 (3 tiles of 64 x 16); 74 x 74 fp32 110.1 / 87.5 /
+    54.2 / 51.3, none of them spilling; the taller tiles at half the warps without the prefetch
+    (8 elements of a tile per thread, 2 programs per SM) 44.9 (74, bf16) and 44.1 (147, bf16) at
+    185 registers (fp32 spilled 104 bytes). Halving the channel block or doubling the warps instead
+    compiled worse (one element per thread and tile, 147-160 instructions per element, or 248-288
+    bytes of spill; ``docs/results/rowgates_bwd_aot_screen_sm90_triton36.json``, the set as it is now
+    ``..._tiles_sm90_triton36.json``)."""
     if not cfg.split:
         return []
-    return [dataclasses.replace(cfg, row_gates=True, prefetch=pf) for pf in sorted({min(1, cfg.prefetch), 1 - min(1, cfg.prefetch)})]
+    rg = lambda k, pf, w: dataclasses.replace(cfg, row_gates=True, prefetch=pf, block_l=k, num_warps=w,
+                                              split=-(-L // k) if L else cfg.split)
+    out = [rg(cfg.block_l, pf, cfg.num_warps) for pf in (0, 1)]
+    k = 2 * cfg.block_l
+    if L and -(-L // k) >= 2:
+        out += [rg(k, pf, cfg.num_warps) for pf in (0, 1)]
+        if cfg.num_warps >= 2:  # 8 elements of a tile per thread; with the prefetch these spilled (80-104 bytes)
+            out.append(rg(k, 0, cfg.num_warps // 2))
+    return out
 
 
 _scratch_bwd = lambda L, C, B, it, GS: scratch_backward_configs(L, C, B, it, GS)
