@@ -18,7 +18,9 @@ screens launch configurations before a GPU run (docs/design.md, "Where the time 
 
 ``--sass`` disassembles the scan loop (cuobjdump): its instruction count per element of a line step,
 the most frequent opcodes, and where in the loop the global loads, stores and barriers sit (ptxas
-may schedule a prefetch's loads after the step's math; docs/design.md, fifth session).
+may schedule a prefetch's loads after the step's math; docs/design.md, fifth session), and its
+shared-memory accesses: the TTGIR's layout conversions include free ones (between layouts that
+give each thread the same elements), which leave no LDS / STS.
 
 ``--config`` is a LaunchConfig as block_l,block_c,num_warps,prefetch,num_stages,joined,split[,scratch[,fence[,maxnreg[,asm_dz[,evict[,flat[,unroll[,row_gates]]]]]]]].
 Prints one line (and optionally JSON) per compiled kernel. Run under the Triton version whose code
@@ -120,7 +122,10 @@ def sass_loop(cubin: bytes) -> dict[str, Any]:
         hist[op] = hist.get(op, 0) + 1
     where = lambda name: [round(i / max(1, len(ops) - 1), 2) for i, op in enumerate(ops) if op == name]
     return {"sass_sha256": digest, "loop_sass_instructions": len(body), "loop_opcodes": dict(sorted(hist.items(), key=lambda kv: -kv[1])[:12]),
-            "loop_ldg_at": where("LDG"), "loop_stg_at": where("STG"), "loop_bar_at": where("BAR"), "loop_sass": body}
+            "loop_ldg_at": where("LDG"), "loop_stg_at": where("STG"), "loop_bar_at": where("BAR"),
+            # shared-memory accesses: a layout conversion in the TTGIR between layouts that map the same
+            # elements to the same threads costs none (loop_sass_shared 0 with conversions counted)
+            "loop_sass_shared": sum(op in ("LDS", "STS", "LDSM", "STSM") for op in ops), "loop_sass": body}
 
 
 def elements_per_thread(meta: dict[str, Any], split: int) -> float:
@@ -237,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             if "loop_sass_instructions" in r:
                 span = lambda v: f"{v[0]:.0%}-{v[-1]:.0%}" if v else "-"
                 print(f"    loop SASS: {r['loop_sass_instructions']} instructions ({r['loop_sass_per_element']} per element), "
-                      f"LDG at {span(r['loop_ldg_at'])}, STG at {span(r['loop_stg_at'])}, {len(r['loop_bar_at'])} BAR; "
+                      f"LDG at {span(r['loop_ldg_at'])}, STG at {span(r['loop_stg_at'])}, {len(r['loop_bar_at'])} BAR, "
+                      f"{r['loop_sass_shared']} LDS/STS; "
                       f"{r['loop_opcodes']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -41,6 +41,7 @@ def test_aot_report_compiles_forward_and_backward(tmp_path):
         assert sum(r["global_loads"].values()) > 0
         # --sass: the scan loop's instructions, with its global loads inside it
         assert r["loop_sass_instructions"] > 0 and r["loop_sass_per_element"] > 0 and r["loop_ldg_at"]
+        assert 0 <= r["loop_sass_shared"] <= r["loop_sass_instructions"]
         assert all(0 <= f <= 1 for f in r["loop_ldg_at"] + r["loop_stg_at"] + r["loop_bar_at"])
     assert "regs" in proc.stdout and "loop SASS" in proc.stdout
 
