@@ -179,9 +179,11 @@ SPLIT_BWD_GPU_74 = [  # the dispatch's backward configs for 74-long lines (32 x 
     ((16, 32, 8, 1, 5, False, True, False, True), 1, None, _BF16), ((32, 32, 8, 1, 3, False, True, False, True), 1, 7, _BF16),
     ((32, 32, 8, 0, 3, False, True, False, True), 1, None, _FP32), ((32, 32, 8, 1, 3, False, False, False, True), 16, None, _BF16),
 ]
-SPLIT_BWD_GPU_147_ROWS = [  # 147-long lines, one gate group, row_gates: the dispatch's tiles and 3 tiles of 64 x 16
+SPLIT_BWD_GPU_147_ROWS = [  # 147-long lines, --sweep-set rowgates: the dispatch's tiles and 3 tiles of 64 x 16
     ((32, 16, 8, 1, 5, False, True, False, True), 1, None, _BF16), ((64, 16, 8, 0, 3, False, True, False, True), 1, None, _BF16),
     ((64, 16, 8, 1, 3, False, True, False, True), 1, 7, _FP32),
+    # 16 gate groups on the taller tiles without the prefetch (row_gates changes nothing there)
+    ((64, 16, 8, 0, 3, False, True), 16, None, _BF16), ((64, 16, 8, 0, 3), 16, 7, _FP32),
 ]
 
 
