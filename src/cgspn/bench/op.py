@@ -615,7 +615,7 @@ SWEEP_SET_DOCS = {
     "tiles": "the heuristic's split configs with 7-12 shorter tiles per line (less scratch traffic per step)",
     "flat": "the heuristic's split configs with the wrap-around exchange through shared memory (no scratch)",
     "unroll": "the heuristic's split configs with the scan loop unrolled by prefetch + 1 (no register copies of prefetched values)",
-    "rowgates": "the heuristic's split backward with one gate group's logits carried as [rows] vectors (the gate math once per row)",
+    "rowgates": "the heuristic's split backward with one gate group's logits carried as [rows] vectors (the gate math once per row), at its tiles and at tiles of twice the rows",
 }
 SWEEP_SETS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[Any]]]] = {
     "scratch": (lambda L, C, B, it, G: scratch_configs(L, C, B, it), _scratch_bwd),
