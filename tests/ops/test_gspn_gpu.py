@@ -111,10 +111,7 @@ def test_forward_launch_variants_the_sweep_times(cfg, G, chunk, dtype):
     state h against the float64 reference."""
     from cgspn.ops.gspn import triton_backend as TB
 
-    B, H, W, C = 2, 147, 147, 64
-    g = torch.Generator(device="cuda").manual_seed(3)
-    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
-    x, lam, z, u = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C)
+    x, lam, z, u, _ = _launch_inputs(2, 147, 147, 64, G, dtype, seed=3)
     config = TB.LaunchConfig(*cfg[:5], bool(cfg[5]), cfg[6], *(bool(v) for v in cfg[7:8]), fence=bool(cfg[8:9] and cfg[8]))
     y, hs = TB.gspn2d_fwd_triton(x, lam, z, u, chunk, True, config)
     yr = gspn2d(x.double(), lam.double(), z.double(), u=u.double(), chunk=chunk, backend="reference")
@@ -202,10 +199,7 @@ def test_split_backward_launch_variants(cfg, G, chunk, dtype, L):
     times: every gradient against the float64 reference's autograd."""
     from cgspn.ops.gspn import triton_backend as TB
 
-    B, H, W, C = 2, L, L, 64
-    g = torch.Generator(device="cuda").manual_seed(5)
-    mk = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)
-    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda").to(dtype), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    x, lam, z, u, dy = _launch_inputs(2, L, L, 64, G, dtype, seed=5)
     k, bc, warps, pf, r, *rest = cfg
     fence, asm_dz, flat, row_gates = rest + [False] * (4 - len(rest))
     h = gspn2d(x, lam, z, chunk=chunk)
@@ -227,10 +221,7 @@ def test_general_backward_gate_group_stores(C, G, cfg, asm_dz):
     PTX in the reduction's layout (``LaunchConfig.asm_dz``): every gradient against the reference."""
     from cgspn.ops.gspn import triton_backend as TB
 
-    B, H, W = 2, 14, 13
-    g = torch.Generator(device="cuda").manual_seed(9)
-    mk = lambda *s: torch.randn(*s, generator=g, device="cuda")
-    x, lam, z, u, dy = mk(B, H, W, C), torch.rand(B, H, W, 4, C, generator=g, device="cuda"), 2 * mk(B, H, W, 4, 3, G), mk(B, H, W, 4, C), mk(B, H, W, 4, C)
+    x, lam, z, u, dy = _launch_inputs(2, 14, 13, C, G, torch.float32, seed=9)
     bl, bc, warps, pf = cfg
     config = TB.LaunchConfig(bl, bc, warps, pf, 1, True, asm_dz=asm_dz)
     h = gspn2d(x, lam, z)
