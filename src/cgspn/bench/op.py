@@ -581,14 +581,13 @@ def row_gates_backward_configs(cfg: Any, L: int = 0) -> list[Any]:
     ``..._tiles_sm90_triton36.json``)."""
     if not cfg.split:
         return []
-    rg = lambda k, pf, w: dataclasses.replace(cfg, row_gates=True, prefetch=pf, block_l=k, num_warps=w,
-                                              split=-(-L // k) if L else cfg.split)
-    out = [rg(cfg.block_l, pf, cfg.num_warps) for pf in (0, 1)]
+    out = [dataclasses.replace(cfg, row_gates=True, prefetch=pf) for pf in (0, 1)]
     k = 2 * cfg.block_l
     if L and -(-L // k) >= 2:
-        out += [rg(k, pf, cfg.num_warps) for pf in (0, 1)]
+        taller = dataclasses.replace(cfg, row_gates=True, block_l=k, split=-(-L // k))
+        out += [dataclasses.replace(taller, prefetch=pf) for pf in (0, 1)]
         if cfg.num_warps >= 2:  # 8 elements of a tile per thread; with the prefetch these spilled (80-104 bytes)
-            out.append(rg(k, 0, cfg.num_warps // 2))
+            out.append(dataclasses.replace(taller, prefetch=0, num_warps=cfg.num_warps // 2))
     return out
 
 
